@@ -15,9 +15,11 @@ __version__ = "0.1.0"
 
 __all__ = ["register", "RegistrationResult", "register_itk", "load_preset", "__version__"]
 
+# Eager, because the submodule `register` would otherwise shadow the function of the same name.
+from .register import register  # noqa: E402
+from .result import RegistrationResult  # noqa: E402
+
 _LAZY = {
-    "register": ("monai_inr_reg.register", "register"),
-    "RegistrationResult": ("monai_inr_reg.result", "RegistrationResult"),
     "register_itk": ("monai_inr_reg.itk_bridge", "register_itk"),
     "load_preset": ("monai_inr_reg.config", "load_preset"),
 }

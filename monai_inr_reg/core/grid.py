@@ -50,7 +50,7 @@ def lps_from_ras(affine: torch.Tensor) -> torch.Tensor:
 
 
 def as_mm_from_voxel(affine, ndim: int, *, name: str = "affine") -> torch.Tensor:
-    """Validate a homogeneous voxel -> mm matrix and return it as float64.
+    """Validate a homogeneous voxel -> mm matrix and return it as float64 (``None`` -> identity).
 
     Raises:
         ValueError: wrong shape, non-finite entries, or a singular linear part.
@@ -91,9 +91,8 @@ class ImageGrid:
     def from_ras_affine(cls, shape, affine_ras) -> "ImageGrid":
         """A grid from a MONAI/nibabel RAS affine (``None`` means identity, i.e. 1 mm voxels at 0)."""
         shape = tuple(int(s) for s in shape)
-        if affine_ras is None:
-            return cls(shape, torch.eye(len(shape) + 1, dtype=torch.float64))
-        return cls(shape, lps_from_ras(as_mm_from_voxel(affine_ras, len(shape))))
+        # no affine = identity in RAS, as for a MetaTensor made without one
+        return cls(shape, lps_from_ras(as_mm_from_voxel(affine_ras, len(shape), name="affine")))
 
     @property
     def ndim(self) -> int:

@@ -1,0 +1,149 @@
+"""Compiled CPU hash-grid kernel: built on first use, cached, with a logged fallback to pure PyTorch.
+
+The C++ source ``csrc/hash_grid_cpu.cpp`` registers two torch custom ops
+(``torch.ops.monai_inr_reg.hash_grid_fwd`` / ``hash_grid_bwd``) and is compiled with
+``torch.utils.cpp_extension.load`` the first time :func:`kernel_available` is called in a process
+(cached under ``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``; later processes
+only load the shared library). It needs a C++ compiler and ninja. When the build fails, or when
+the environment variable ``MONAI_INR_REG_NO_EXT=1`` is set, :func:`kernel_available` returns
+``False`` (with one log line saying why) and callers use
+:func:`monai_inr_reg.core.encoding.hash_grid_encode` instead.
+
+:func:`hash_grid_encode_kernel` has the signature and semantics of
+:func:`~monai_inr_reg.core.encoding.hash_grid_encode` (first derivatives only).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .core.encoding import HashGridSpec, _check_inputs
+
+__all__ = ["kernel_available", "kernel_disabled", "hash_grid_encode_kernel", "ENV_SWITCH", "build_info"]
+
+logger = logging.getLogger(__name__)
+
+ENV_SWITCH = "MONAI_INR_REG_NO_EXT"
+_SOURCE = Path(__file__).parent / "csrc" / "hash_grid_cpu.cpp"
+_LOCK = threading.Lock()
+_STATE: dict = {"tried": False, "ok": False, "error": None, "seconds": None, "logged_disabled": False}
+
+
+def kernel_disabled() -> bool:
+    """True when ``MONAI_INR_REG_NO_EXT`` is set to a true value (1, true, yes, on)."""
+    return os.environ.get(ENV_SWITCH, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def build_info() -> dict:
+    """Outcome of the build attempt: ``tried``, ``ok``, ``error`` (str or None), ``seconds`` (build or load time)."""
+    return {k: _STATE[k] for k in ("tried", "ok", "error", "seconds")}
+
+
+def _build() -> None:
+    start = time.perf_counter()
+    try:
+        from torch.utils import cpp_extension
+
+        if not _SOURCE.is_file():
+            raise FileNotFoundError(f"kernel source missing: {_SOURCE}")
+        cpp_extension.load(
+            name="monai_inr_reg_hash_grid_cpu",
+            sources=[str(_SOURCE)],
+            extra_cflags=["-O3", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            is_python_module=False,
+            verbose=False,
+        )
+        if not hasattr(torch.ops.monai_inr_reg, "hash_grid_fwd"):
+            raise RuntimeError("the built library did not register torch.ops.monai_inr_reg.hash_grid_fwd")
+    except Exception as exc:  # no compiler, no ninja, compile error, ...: fall back, say why
+        _STATE.update(ok=False, error=f"{type(exc).__name__}: {str(exc).strip()[:500]}")
+        logger.warning("monai_inr_reg: compiled hash-grid kernel unavailable (%s); using the pure-PyTorch path. "
+                       "Set %s=1 to skip the build attempt.", _STATE["error"], ENV_SWITCH)
+    else:
+        _STATE.update(ok=True, error=None)
+        logger.info("monai_inr_reg: compiled hash-grid CPU kernel ready (build or load took %.1f s)",
+                    time.perf_counter() - start)
+    _STATE.update(tried=True, seconds=time.perf_counter() - start)
+
+
+def kernel_available() -> bool:
+    """Whether the compiled kernel can be used; the first call builds (or loads) it."""
+    if kernel_disabled():
+        if not _STATE["logged_disabled"]:
+            logger.info("monai_inr_reg: %s is set; using the pure-PyTorch hash grid", ENV_SWITCH)
+            _STATE["logged_disabled"] = True
+        return False
+    if not _STATE["tried"]:
+        with _LOCK:
+            if not _STATE["tried"]:
+                _build()
+    return _STATE["ok"]
+
+
+@lru_cache(maxsize=64)
+def _levels_tensor(spec: HashGridSpec) -> torch.Tensor:
+    rows = [[spec.resolutions[i], int(spec.dense[i]), spec.offsets[i], spec.sizes[i]] for i in range(spec.n_levels)]
+    return torch.tensor(rows, dtype=torch.int64)
+
+
+@lru_cache(maxsize=64)
+def _ones(n_levels: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.ones(n_levels, dtype=dtype)
+
+
+class _HashGridFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, points, params, weights, levels, n_features, log2_hashmap_size):
+        ctx.save_for_backward(points, params, weights, levels)
+        ctx.meta = (n_features, log2_hashmap_size)
+        return torch.ops.monai_inr_reg.hash_grid_fwd(points, params, levels, weights, n_features, log2_hashmap_size)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        points, params, weights, levels = ctx.saved_tensors
+        need_points, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (need_points or need_params):
+            return (None,) * 6
+        grad_params, grad_points = torch.ops.monai_inr_reg.hash_grid_bwd(
+            grad_out, points, params, levels, weights, *ctx.meta, need_params, need_points)
+        return (grad_points if need_points else None, grad_params if need_params else None, None, None, None, None)
+
+
+def hash_grid_encode_kernel(points_unit: torch.Tensor, params: torch.Tensor, spec: HashGridSpec,
+                            level_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Hash-grid encoding with the compiled CPU kernel; see :func:`~monai_inr_reg.core.encoding.hash_grid_encode`.
+
+    Args:
+        points_unit: ``(P, D)`` CPU points in ``[0, 1]^D`` (clamped), cast to ``params``' dtype.
+        params: ``(n_params,)`` CPU float32 or float64 flat tables.
+        spec: from :func:`~monai_inr_reg.core.encoding.hash_grid_spec`.
+        level_weights: optional ``(L,)``; levels with weight 0 are skipped (unless it requires grad).
+
+    Returns:
+        ``(P, L * F)`` features, level-major.
+
+    Raises:
+        RuntimeError: the kernel is unavailable (check :func:`kernel_available` first).
+    """
+    _check_inputs(points_unit, params, spec, level_weights, "hash_grid_encode_kernel")
+    if not kernel_available():
+        raise RuntimeError(f"hash_grid_encode_kernel(): the compiled kernel is unavailable ({_STATE['error'] or ENV_SWITCH + ' is set'})")
+    if params.device.type != "cpu" or points_unit.device.type != "cpu":
+        raise ValueError(f"hash_grid_encode_kernel(): CPU tensors only, got points on {points_unit.device}, params on {params.device}")
+    x = points_unit.to(params.dtype)
+    levels = _levels_tensor(spec)
+    if level_weights is not None and level_weights.requires_grad:
+        out = _HashGridFunction.apply(x, params, _ones(spec.n_levels, params.dtype), levels, spec.n_features, spec.log2_hashmap_size)
+        w = level_weights.to(out.dtype).view(1, -1, 1)
+        return (out.view(out.shape[0], spec.n_levels, -1) * w).view(out.shape[0], -1)
+    weights = _ones(spec.n_levels, params.dtype) if level_weights is None else level_weights.detach().to(params.dtype).contiguous()
+    return _HashGridFunction.apply(x, params, weights, levels, spec.n_features, spec.log2_hashmap_size)

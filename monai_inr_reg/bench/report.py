@@ -1,0 +1,130 @@
+"""Output of a benchmark run: markdown tables, the JSON of every case, QC figures, machine details."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["markdown_table", "fmt", "write_json", "write_text", "machine_info", "save_qc_png", "overlay_rgb"]
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A table cell: NaN/None as ``n/a``, floats with ``digits`` significant decimals."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    """A GitHub markdown table (cells formatted with :func:`fmt`)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _clean(obj):
+    """JSON-safe copy: numpy/torch scalars and arrays to lists, NaN/inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return _clean(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path, payload: dict) -> Path:
+    """Write ``payload`` as indented JSON through a temporary file renamed into place."""
+    return write_text(path, json.dumps(_clean(payload), indent=1))
+
+
+def write_text(path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def machine_info() -> dict:
+    """CPU model and count, Python / torch / ANTs / ITK versions, date (UTC)."""
+    info = {"date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "platform": platform.platform(),
+            "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
+        info["cpu"] = names[0] if names else platform.processor()
+    except OSError:
+        info["cpu"] = platform.processor()
+    from importlib import metadata
+
+    for dist in ("torch", "monai", "antspyx", "itk", "itk-elastix", "monai-inr-reg"):
+        try:
+            info[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            info[dist] = None
+    return info
+
+
+def _unit(image: np.ndarray, mask=None) -> np.ndarray:
+    values = image[mask] if mask is not None and mask.any() else image
+    lo, hi = np.percentile(values, [1.0, 99.0])
+    return np.clip((image - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+
+
+def overlay_rgb(fixed: np.ndarray, moving: np.ndarray) -> np.ndarray:
+    """A 2D colour overlay: fixed in green, moving in magenta (grey where they agree), ``(H, W, 3)``."""
+    f, m = _unit(fixed), _unit(moving)
+    return np.stack([m, f, m], axis=-1)
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    # a 3D volume shows its middle slice along the last axis; arrays are shown with axis 0 as rows
+    return image[..., image.shape[-1] // 2] if image.ndim == 3 else image
+
+
+def save_qc_png(path, fixed: np.ndarray, moving: np.ndarray, warped: dict[str, np.ndarray], *, title: str = "") -> Path:
+    """One QC figure: fixed, moving (overlaid on fixed), and each method's warped moving overlaid on fixed.
+
+    Args:
+        fixed, moving: ``(*S)`` arrays (3D: the middle slice of the last axis is shown).
+        warped: ``{method label: (*S_fixed) moving warped onto the fixed grid}``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = _display(fixed)
+    panels = [("fixed", np.stack([_unit(f)] * 3, -1))]
+    if moving.shape == fixed.shape:
+        panels.append(("before (fixed green, moving magenta)", overlay_rgb(f, _display(moving))))
+    panels += [(label, overlay_rgb(f, _display(img))) for label, img in warped.items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    for ax, (label, img) in zip(axes[0], panels):
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title(label, fontsize=7)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,119 @@
+"""Presets: load ``configs/<name>.yaml``, merge overrides, validate. The one configuration loader.
+
+A preset is a nested dict. Overrides are deep-merged (a dict merges into a dict, anything else
+replaces). Unknown keys are errors that list the valid ones, so a typo fails before any work.
+Dotted keys (``"deformable.iterations"``) address nested entries, as the command line's
+``--set key=value`` does.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["load_preset", "list_presets", "merge_overrides", "MOTIONS", "PARAMETRIC_MOTIONS", "HASH_MOTIONS"]
+
+PARAMETRIC_MOTIONS = ("rigid", "affine")
+HASH_MOTIONS = ("deformable", "near_rigid")
+MOTIONS = PARAMETRIC_MOTIONS + HASH_MOTIONS
+
+# Sections whose inner keys are free-form tiny-cuda-nn dicts (validated by the network builders).
+_FREE_FORM = {"encoding", "network"}
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped presets (``configs/*.yaml``)."""
+    return sorted(p.name[:-5] for p in resources.files("monai_inr_reg.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(path) -> dict:
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"load_preset(): {path} does not hold a mapping")
+    return data
+
+
+def _schema() -> dict:
+    # every preset has every key; the union of all shipped presets is the schema
+    return _read_yaml(resources.files("monai_inr_reg.configs") / "deformable.yaml")
+
+
+def _dotted_to_nested(overrides: dict) -> dict:
+    nested: dict = {}
+    for key, value in overrides.items():
+        parts = str(key).split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def merge_overrides(base: dict, overrides: dict, *, schema: dict | None = None, where: str = "") -> dict:
+    """Deep-merge ``overrides`` into a copy of ``base``; keys must exist in ``schema`` (default ``base``)."""
+    schema = base if schema is None else schema
+    out = copy.deepcopy(base)
+    for key, value in _dotted_to_nested(overrides).items():
+        if key not in schema:
+            valid = ", ".join(sorted(schema))
+            raise ValueError(f"load_preset(): unknown option {where + key!r}; valid options here: {valid}")
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            if key in _FREE_FORM:
+                out[key] = {**out[key], **value}
+            else:
+                out[key] = merge_overrides(out[key], value, schema=schema[key], where=f"{where}{key}.")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_preset(preset: str | dict | Path = "deformable", **overrides: Any) -> dict:
+    """Return the validated configuration of a preset with ``overrides`` merged in.
+
+    Args:
+        preset: a preset name (see :func:`list_presets`), a path to a YAML file of the same
+            schema, or a full config dict (e.g. ``result.config``).
+        overrides: nested dicts or dotted keys, e.g. ``iterations_scale=0.5``,
+            ``deformable={"iterations": 300}``, ``**{"image.learning_rate.encoding": 5e-3}``.
+
+    Raises:
+        ValueError: unknown preset, unknown option, or an invalid value.
+    """
+    schema = _schema()
+    if isinstance(preset, dict):
+        base = preset
+    elif isinstance(preset, (str, Path)) and str(preset).endswith((".yaml", ".yml")):
+        if not Path(preset).is_file():
+            raise FileNotFoundError(f"load_preset(): preset file {str(preset)!r} does not exist")
+        base = merge_overrides(schema, _read_yaml(preset), schema=schema)
+    else:
+        names = list_presets()
+        if preset not in names:
+            raise ValueError(f"load_preset(): unknown preset {preset!r}; valid presets: {', '.join(names)}")
+        base = _read_yaml(resources.files("monai_inr_reg.configs") / f"{preset}.yaml")
+    config = merge_overrides(base, overrides, schema=schema)
+    if config.get("motion") == "near-rigid":  # the spelling users type; sections use identifiers
+        config["motion"] = "near_rigid"
+    _validate(config)
+    return config
+
+
+def _validate(config: dict) -> None:
+    motion = config["motion"]
+    if motion not in MOTIONS:
+        raise ValueError(f"load_preset(): 'motion' must be one of {MOTIONS}, got {motion!r}")
+    for stage in config["prealign"]:
+        if stage not in PARAMETRIC_MOTIONS:
+            raise ValueError(f"load_preset(): 'prealign' stages must be among {PARAMETRIC_MOTIONS}, got {stage!r}")
+    if not float(config["iterations_scale"]) > 0:
+        raise ValueError(f"load_preset(): 'iterations_scale' must be > 0, got {config['iterations_scale']!r}")
+    for name in MOTIONS:
+        if int(config[name]["iterations"]) < 0:
+            raise ValueError(f"load_preset(): '{name}.iterations' must be >= 0, got {config[name]['iterations']!r}")
+    if config["multimodal"] not in (True, False):
+        raise ValueError(f"load_preset(): 'multimodal' must be true or false, got {config['multimodal']!r}")

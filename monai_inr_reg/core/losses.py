@@ -1,0 +1,63 @@
+"""Data terms and helpers for the refinement stage (pure torch functions).
+
+The refinement stage keeps the method's L2 loss but replaces the image net's fixed-contrast
+channel by the real moving image seen through a fitted intensity map ``g``: the loss is
+``mean((g(M(phi(x))) - F(x))^2)``, with ``g`` piecewise linear in the moving intensity and refitted
+in closed form every iteration (the correlation ratio of the classical literature). Used
+symmetrically (also ``h(F(x)) ~ M(phi(x))``) it needs neither direction to be a function.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["hat_basis", "fit_intensity_map", "mapped_l2", "gaussian_smooth"]
+
+
+def hat_basis(values: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """Piecewise-linear (hat) basis of ``values`` ``(P,)`` on ``n_bins`` knots over ``[0, 1]``: ``(P, n_bins)``.
+
+    Values outside ``[0, 1]`` are clamped. Differentiable in ``values``.
+    """
+    x = values.clamp(0.0, 1.0) * (n_bins - 1)
+    knots = torch.arange(n_bins, device=values.device, dtype=values.dtype)
+    return (1.0 - (x[:, None] - knots[None, :]).abs()).clamp_min(0.0)
+
+
+def fit_intensity_map(basis: torch.Tensor, target: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """Least-squares coefficients ``(K,)`` with ``basis @ c ~ target`` (ridge-regularised, no gradient)."""
+    with torch.no_grad():
+        b = basis.detach().to(torch.float64)
+        gram = b.T @ b + ridge * torch.eye(b.shape[1], dtype=b.dtype, device=b.device) * max(float(b.shape[0]), 1.0) / b.shape[1]
+        coef = torch.linalg.solve(gram, b.T @ target.detach().to(torch.float64))
+    return coef.to(basis.dtype)
+
+
+def mapped_l2(source: torch.Tensor, target: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """``mean((g(source) - target)^2) / var(target)`` with ``g`` the best piecewise-linear map (refitted)."""
+    basis = hat_basis(source, n_bins)
+    coef = fit_intensity_map(basis, target)
+    var = target.detach().var().clamp_min(1e-8)
+    return (basis @ coef - target).pow(2).mean() / var
+
+
+def gaussian_smooth(image: torch.Tensor, sigma_voxels: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``image`` ``(C, *S)`` with ``sigma_voxels`` along every axis (same shape)."""
+    if sigma_voxels <= 0:
+        return image
+    radius = max(1, int(3.0 * sigma_voxels + 0.5))
+    x = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
+    kernel = torch.exp(-0.5 * (x / sigma_voxels) ** 2)
+    kernel = kernel / kernel.sum()
+    ndim = image.ndim - 1
+    out = image[None]
+    conv = F.conv2d if ndim == 2 else F.conv3d
+    for axis in range(ndim):
+        shape = [1, 1] + [1] * ndim
+        shape[2 + axis] = kernel.numel()
+        pad = [0] * (2 * ndim)
+        pad[2 * (ndim - 1 - axis)] = pad[2 * (ndim - 1 - axis) + 1] = radius
+        out = conv(F.pad(out.reshape(-1, 1, *out.shape[2:]), pad, mode="replicate"), kernel.reshape(shape))
+        out = out.reshape(1, image.shape[0], *out.shape[2:])
+    return out[0]

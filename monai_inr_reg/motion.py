@@ -1,0 +1,93 @@
+"""Motion models: maps from fixed LPS mm points to moving LPS mm points.
+
+Every model is an ``nn.Module`` whose ``forward(points_mm)`` takes ``(P, D)`` fixed points (LPS mm)
+and returns the corresponding moving points ``phi(x)``, ``(P, D)`` LPS mm. Parametric models
+(:class:`RigidMotion`, :class:`AffineMotion`) act about the fixed image centre and expose their
+exact homogeneous ``matrix()``; :class:`HashMotion` adds a coordinate-network displacement to a
+fixed matrix (the parametric stage it starts from).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .core.grid import NormalisedBox, apply_affine
+from .core.linear import about_center, rotation_matrix
+from .nn import CoordinateNet
+
+__all__ = ["RigidMotion", "AffineMotion", "HashMotion"]
+
+
+class RigidMotion(nn.Module):
+    """``phi(x) = R (x - c) + c + t``: rotation parameters in radians, ``t`` in box units (times ``scale_mm``).
+
+    Args:
+        center_mm: ``(D,)`` rotation centre, LPS mm (the fixed image centre).
+        scale_mm: box edge in mm; translation parameters are in box units so one learning rate fits all sizes.
+        init: optional ``(D + 1, D + 1)`` matrix to start from (only its translation is kept if it is not rigid).
+    """
+
+    def __init__(self, center_mm: torch.Tensor, scale_mm: float, init: torch.Tensor | None = None):
+        super().__init__()
+        ndim = center_mm.shape[0]
+        self.register_buffer("center_mm", center_mm.to(torch.float64))
+        self.scale_mm = float(scale_mm)
+        self.rotation = nn.Parameter(torch.zeros(1 if ndim == 2 else 3, dtype=torch.float64))
+        self.translation = nn.Parameter(torch.zeros(ndim, dtype=torch.float64))
+        if init is not None:
+            self.translation.data = (apply_affine(init, center_mm[None].to(torch.float64))[0] - center_mm) / self.scale_mm
+
+    def matrix(self) -> torch.Tensor:
+        """``(D + 1, D + 1)`` float64, fixed LPS mm -> moving LPS mm."""
+        ndim = self.center_mm.shape[0]
+        return about_center(rotation_matrix(self.rotation, ndim), self.translation * self.scale_mm, self.center_mm)
+
+    def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
+        return apply_affine(self.matrix(), points_mm)
+
+
+class AffineMotion(nn.Module):
+    """``phi(x) = A (x - c) + c + t``, ``A`` a full ``(D, D)`` matrix; ``t`` in box units. Starts at ``init``."""
+
+    def __init__(self, center_mm: torch.Tensor, scale_mm: float, init: torch.Tensor | None = None):
+        super().__init__()
+        ndim = center_mm.shape[0]
+        self.register_buffer("center_mm", center_mm.to(torch.float64))
+        self.scale_mm = float(scale_mm)
+        init = torch.eye(ndim + 1, dtype=torch.float64) if init is None else init.to(torch.float64)
+        linear = init[:ndim, :ndim].clone()
+        self.linear = nn.Parameter(linear)
+        self.translation = nn.Parameter((apply_affine(init, center_mm[None].to(torch.float64))[0] - center_mm) / self.scale_mm)
+
+    def matrix(self) -> torch.Tensor:
+        return about_center(self.linear, self.translation * self.scale_mm, self.center_mm)
+
+    def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
+        return apply_affine(self.matrix(), points_mm)
+
+
+class HashMotion(nn.Module):
+    """``phi(x) = M x + scale_mm * u(box(x))``: a fixed matrix ``M`` plus a hash-grid motion net ``u``.
+
+    ``u`` outputs box units and starts at exactly zero (zero-initialised output layer), so the
+    stage starts from the parametric result ``M``.
+    """
+
+    def __init__(self, box: NormalisedBox, encoding: dict, network: dict, init: torch.Tensor | None = None):
+        super().__init__()
+        ndim = box.low_mm.shape[0]
+        self.box = box
+        self.net = CoordinateNet(ndim, ndim, encoding, network, zero_init_output=True)
+        self.register_buffer("base", torch.eye(ndim + 1, dtype=torch.float64) if init is None else init.to(torch.float64))
+
+    def matrix(self) -> torch.Tensor:
+        return self.base
+
+    def displacement_unit(self, points_unit: torch.Tensor, level_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The net's residual displacement, box units, ``(P, D)``, at box points ``(P, D)``."""
+        return self.net(points_unit, level_weights)
+
+    def forward(self, points_mm: torch.Tensor, level_weights: torch.Tensor | None = None) -> torch.Tensor:
+        residual = self.displacement_unit(self.box.to_unit(points_mm), level_weights)
+        return apply_affine(self.base, points_mm) + residual * self.box.scale_mm()

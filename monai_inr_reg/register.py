@@ -1,0 +1,379 @@
+"""The per-pair optimiser: fit a motion net and an image net to one image pair.
+
+One L2 loss ties the two nets. At random moving points ``y`` (over a box holding both images)
+the image net learns the moving image, ``I_m(y) ~ M(y)``; at random fixed voxels ``x`` the image
+net queried at the moved point must reproduce the fixed image, ``I_f(phi(x)) ~ F(x)``. Single-modal
+pairs use one channel for both terms; multi-modal pairs give each term its own channel of one
+image net, whose shared hash features make aligned structure the cheapest thing to store.
+
+Stages run in order (``config["prealign"]`` then ``config["motion"]``); each starts from the
+previous stage's map. A coarse-to-fine schedule raises the weight of finer hash levels over the
+first stage so that the motion aligns before the image net can memorise both images.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import HASH_MOTIONS, PARAMETRIC_MOTIONS, load_preset
+from .core.encoding import level_weights
+from .core.grid import ImageGrid, NormalisedBox, apply_affine, ddf_voxel_from_ddf_mm
+from .core.losses import gaussian_smooth, mapped_l2
+from .core.sample import sample_image
+from .motion import AffineMotion, HashMotion, RigidMotion
+from .nn import CoordinateNet
+from .result import RegistrationResult
+
+__all__ = ["register", "register_on_grids", "as_image_and_grid", "normalise_intensity"]
+
+
+def register(fixed, moving, preset: str | dict = "deformable", *, seed: int = 0, device=None, progress=None,
+             **overrides) -> RegistrationResult:
+    """Register ``moving`` onto ``fixed``.
+
+    Args:
+        fixed: the fixed image: a file path, a channel-first ``(1, *S)`` MetaTensor (its RAS affine is
+            used), or a tensor / array ``(1, *S)`` (no affine = identity, RAS). 2D or 3D.
+        moving: the moving image, same kinds; may be on another grid (size, spacing, orientation).
+        preset: ``"rigid"``, ``"affine"``, ``"deformable"``, ``"multimodal-rigid"``,
+            ``"multimodal-deformable"`` (see ``configs/``), a YAML path or a config dict.
+        seed: seeds network initialisation and point sampling (results are deterministic on CPU).
+        device: torch device; default CUDA when available, else CPU.
+        progress: show a tqdm bar; default from the config (``auto``: only on a TTY).
+        overrides: merged into the preset (see :func:`monai_inr_reg.config.load_preset`), e.g.
+            ``motion="near_rigid"``, ``iterations_scale=0.5``, ``deformable={"smoothness_weight": 0.5}``.
+
+    Returns:
+        :class:`~monai_inr_reg.result.RegistrationResult` (conventions documented there).
+
+    Raises:
+        ValueError: bad images (NaN/inf, empty, constant, multi-channel, wrong dimension, singular
+            affine), unknown preset or option; raised before any optimisation.
+    """
+    config = load_preset(preset, **overrides)
+    fixed_image, fixed_grid = as_image_and_grid(fixed, "fixed")
+    moving_image, moving_grid = as_image_and_grid(moving, "moving")
+    return register_on_grids(fixed_image, fixed_grid, moving_image, moving_grid, config, seed=seed, device=device,
+                             progress=progress)
+
+
+def as_image_and_grid(image, name: str) -> tuple[torch.Tensor, ImageGrid]:
+    """A path, MetaTensor, tensor or array -> (float32 ``(1, *S)`` tensor, its :class:`ImageGrid`)."""
+    if isinstance(image, (str,)) or hasattr(image, "__fspath__"):
+        from .io import load_image
+
+        image = load_image(image, name=name)
+    affine = getattr(image, "affine", None)
+    tensor = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image.as_tensor()
+                             if hasattr(image, "as_tensor") else image).detach()
+    if tensor.ndim not in (3, 4):
+        raise ValueError(f"register(): '{name}' must be channel-first (1, H, W) or (1, H, W, D), got shape {tuple(tensor.shape)}")
+    if tensor.shape[0] != 1:
+        raise ValueError(f"register(): '{name}' must have one channel, got {tensor.shape[0]} (shape {tuple(tensor.shape)})")
+    if tensor.numel() == 0 or min(tensor.shape[1:]) < 2:
+        raise ValueError(f"register(): '{name}' is empty or has a spatial size below 2: shape {tuple(tensor.shape)}")
+    tensor = tensor.to(torch.float32)
+    if not torch.isfinite(tensor).all():
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(f"register(): '{name}' has {bad} NaN or infinite voxels")
+    if float(tensor.max() - tensor.min()) == 0.0:
+        raise ValueError(f"register(): '{name}' is constant (all {float(tensor.flatten()[0])}); nothing to register")
+    if affine is not None:
+        affine = torch.as_tensor(affine)
+    try:
+        grid = ImageGrid.from_ras_affine(tensor.shape[1:], affine)
+    except ValueError as err:
+        raise ValueError(f"register(): '{name}' {err}") from None
+    return tensor, grid
+
+
+def normalise_intensity(image: torch.Tensor, low_percentile: float, high_percentile: float) -> torch.Tensor:
+    """Map the ``low``/``high`` percentiles of ``image`` to 0 and 1 (no clipping)."""
+    values = image.flatten()
+    if values.numel() > 1_000_000:  # percentiles of a strided subsample are plenty
+        values = values[:: values.numel() // 1_000_000]
+    low, high = np.percentile(values.cpu().numpy(), [low_percentile, high_percentile])
+    if high <= low:
+        low, high = float(values.min()), float(values.max())
+    return (image - float(low)) / float(high - low)
+
+
+@dataclass
+class _Pair:
+    """The normalised pair on the device, with everything sampling needs precomputed."""
+
+    fixed_values: torch.Tensor    # (N_fixed,) normalised fixed intensities, C order
+    fixed_points_mm: torch.Tensor  # (N_fixed, D) LPS mm of every fixed voxel
+    moving: torch.Tensor          # (1, *S_moving) normalised moving image
+    moving_voxel_from_unit: torch.Tensor  # (D + 1, D + 1) box [0, 1]^D -> moving voxel
+    moving_voxel_from_mm: torch.Tensor  # (D + 1, D + 1) LPS mm -> moving voxel
+    fixed: torch.Tensor           # (1, *S_fixed) normalised fixed image
+    box: NormalisedBox
+    center_mm: torch.Tensor       # (D,) float64 fixed image centre
+    ndim: int
+
+
+def _prepare(fixed_image, fixed_grid, moving_image, moving_grid, config, device) -> _Pair:
+    norm = config["normalise"]
+    fixed = normalise_intensity(fixed_image, norm["low_percentile"], norm["high_percentile"])
+    moving = normalise_intensity(moving_image, norm["low_percentile"], norm["high_percentile"])
+    box = NormalisedBox.around(fixed_grid, moving_grid, margin=float(config["sampling"]["box_margin"]))
+    ndim = fixed_grid.ndim
+    mm_from_unit = torch.eye(ndim + 1, dtype=torch.float64)
+    mm_from_unit[:ndim, :ndim] *= box.scale_mm()
+    mm_from_unit[:ndim, ndim] = box.low_mm
+    return _Pair(
+        fixed_values=fixed.reshape(-1).to(device),
+        fixed_points_mm=fixed_grid.mm_points(device=device),
+        moving=moving.to(device),
+        moving_voxel_from_unit=moving_grid.voxel_from_mm @ mm_from_unit,
+        moving_voxel_from_mm=moving_grid.voxel_from_mm,
+        fixed=fixed.to(device),
+        box=box,
+        center_mm=fixed_grid.center_mm(),
+        ndim=ndim,
+    )
+
+
+def _lr_factor(step: int, total: int, final_factor: float, warmup: float) -> float:
+    """Linear warm-up over the first ``warmup`` share of steps, then cosine decay to ``final_factor``.
+
+    The warm-up matters: while the image net is still flat its gradients are noise, and Adam turns
+    noise into full-size steps that walk the motion away.
+    """
+    t = step / max(total - 1, 1)
+    ramp = min(1.0, (step + 1) / (warmup * total)) if warmup > 0 else 1.0
+    return ramp * (final_factor + (1.0 - final_factor) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+def _smoothness(motion: HashMotion, points_unit: torch.Tensor, weights, step_unit: float) -> torch.Tensor:
+    """Mean squared finite-difference gradient of the motion net's displacement (box units)."""
+    base = motion.displacement_unit(points_unit, weights)
+    total = points_unit.new_zeros(())
+    for axis in range(points_unit.shape[1]):
+        shifted = points_unit.clone()
+        shifted[:, axis] += step_unit
+        diff = (motion.displacement_unit(shifted, weights) - base) / step_unit
+        total = total + diff.pow(2).sum(1).mean()
+    return total
+
+
+def _run_stage(pair: _Pair, image_net: CoordinateNet, motion, name: str, config: dict, *, fresh_image_net: bool,
+               generator: torch.Generator, bar, history: list[float]) -> None:
+    stage = config[name]
+    iterations = int(round(int(stage["iterations"]) * float(config["iterations_scale"])))
+    if iterations == 0:
+        return
+    device = pair.fixed_values.device
+    img_lr = config["image"]["learning_rate"]
+    groups = [{"params": list(image_net.encoding_parameters()), "lr": float(img_lr["encoding"]), "scale": False},
+              {"params": list(image_net.network_parameters()), "lr": float(img_lr["network"]), "scale": False}]
+    if name in PARAMETRIC_MOTIONS:
+        final = float(stage["final_learning_rate"]) / float(stage["learning_rate"])
+        groups.append({"params": list(motion.parameters()), "lr": float(stage["learning_rate"]), "scale": True})
+    else:
+        final = float(stage["final_learning_rate_factor"])
+        groups.append({"params": list(motion.net.encoding_parameters()), "lr": float(stage["learning_rate"]["encoding"]), "scale": True})
+        groups.append({"params": list(motion.net.network_parameters()), "lr": float(stage["learning_rate"]["network"]), "scale": True})
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    optimizer = torch.optim.Adam(groups)
+
+    c2f = config["coarse_to_fine"]
+    c2f_steps = float(c2f["share"]) * iterations if (c2f["enabled"] and fresh_image_net) else 0.0
+    n_fixed = pair.fixed_values.shape[0]
+    n_fixed_batch = min(int(config["sampling"]["fixed_points"]), n_fixed)
+    n_moving_batch = int(config["sampling"]["moving_points"])
+    channels = 2 if config["multimodal"] else 1
+    fixed_channel, moving_channel = (1, 0) if channels == 2 else (0, 0)
+    smooth_weight = float(stage.get("smoothness_weight", 0.0))
+    smooth_step = 0.5 / float(stage["encoding"]["finest_resolution"]) if name in HASH_MOTIONS else 0.0
+
+    for step in range(iterations):
+        factor = _lr_factor(step, iterations, final, float(stage["warmup"]))
+        for g in optimizer.param_groups:
+            g["lr"] = g["base_lr"] * (factor if g["scale"] else 1.0)
+        progress = (step + 1) / c2f_steps if c2f_steps > 0 else None
+        img_weights = None if progress is None else level_weights(progress * image_net.n_levels, image_net.n_levels).to(device)
+        mot_weights = None
+        if name in HASH_MOTIONS and progress is not None:
+            mot_weights = level_weights(progress * motion.net.n_levels, motion.net.n_levels).to(device)
+
+        if n_fixed_batch < n_fixed:
+            idx = torch.randint(n_fixed, (n_fixed_batch,), generator=generator, device=device)
+            fixed_mm, fixed_val = pair.fixed_points_mm[idx], pair.fixed_values[idx]
+        else:
+            fixed_mm, fixed_val = pair.fixed_points_mm, pair.fixed_values
+        moving_unit = torch.rand(n_moving_batch, pair.ndim, generator=generator, device=device)
+        moving_val = sample_image(pair.moving, apply_affine(pair.moving_voxel_from_unit, moving_unit))[:, 0]
+
+        moved_mm = motion(fixed_mm, mot_weights) if name in HASH_MOTIONS else motion(fixed_mm)
+        pred_fixed = image_net(pair.box.to_unit(moved_mm.to(torch.float32)), img_weights)[:, fixed_channel]
+        pred_moving = image_net(moving_unit, img_weights)[:, moving_channel]
+        loss = (pred_fixed - fixed_val).pow(2).mean() + (pred_moving - moving_val).pow(2).mean()
+        total = loss
+        if smooth_weight > 0:
+            sub = pair.box.to_unit(fixed_mm[:1024])
+            total = total + smooth_weight * _smoothness(motion, sub, mot_weights, smooth_step)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        history.append(float(loss.detach()))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"{name} loss {history[-1]:.4f}", refresh=False)
+
+
+def _motion_groups(motion, name: str, stage: dict, factor: float = 1.0) -> list[dict]:
+    if name in PARAMETRIC_MOTIONS:
+        return [{"params": list(motion.parameters()), "lr": factor * float(stage["learning_rate"])}]
+    lr = stage["learning_rate"]
+    return [{"params": list(motion.net.encoding_parameters()), "lr": factor * float(lr["encoding"])},
+            {"params": list(motion.net.network_parameters()), "lr": factor * float(lr["network"])}]
+
+
+def _refine(pair: _Pair, motion, name: str, config: dict, *, generator: torch.Generator, bar,
+            history: list[float]) -> None:
+    """Final stage: the same motion, the image net replaced by the real moving image under a fitted
+    intensity map (see :mod:`monai_inr_reg.core.losses`), on Gaussian-smoothed then sharp images.
+
+    The image net absorbs part of any residual misalignment (it biases rotations low); the real
+    images cannot, which takes the result from pixel to sub-pixel accuracy.
+    """
+    refine = config["refine"]
+    iterations = int(round(int(refine["iterations"]) * float(config["iterations_scale"])))
+    sigmas = [float(s) for s in refine["sigma_voxels"]]
+    if iterations == 0 or not sigmas:
+        return
+    stage = config[name]
+    groups = _motion_groups(motion, name, stage, float(refine["learning_rate_factor"]))
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    optimizer = torch.optim.Adam(groups)
+    device = pair.fixed_values.device
+    n_fixed = pair.fixed_values.shape[0]
+    n_batch = min(int(refine["fixed_points"]), n_fixed)
+    bins = int(refine["bins"])
+    smooth_weight = float(stage.get("smoothness_weight", 0.0)) if name in HASH_MOTIONS else 0.0
+    smooth_step = 0.5 / float(stage["encoding"]["finest_resolution"]) if name in HASH_MOTIONS else 0.0
+    moving_shape = torch.tensor(pair.moving.shape[1:], device=device, dtype=torch.float32)
+    per_level = [iterations // len(sigmas) + (i < iterations % len(sigmas)) for i in range(len(sigmas))]
+    for sigma, steps in zip(sigmas, per_level):
+        fixed_values = gaussian_smooth(pair.fixed, sigma).reshape(-1)
+        moving = gaussian_smooth(pair.moving, sigma)
+        for step in range(steps):
+            factor = _lr_factor(step, steps, float(refine["final_learning_rate_factor"]), 0.0)
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * factor
+            idx = torch.randint(n_fixed, (n_batch,), generator=generator, device=device) if n_batch < n_fixed else None
+            fixed_mm = pair.fixed_points_mm if idx is None else pair.fixed_points_mm[idx]
+            fixed_val = fixed_values if idx is None else fixed_values[idx]
+            moved_voxel = apply_affine(pair.moving_voxel_from_mm, motion(fixed_mm).to(torch.float32))
+            inside = ((moved_voxel >= 0) & (moved_voxel <= moving_shape - 1)).all(1)
+            moving_val = sample_image(moving, moved_voxel[inside])[:, 0]
+            loss = mapped_l2(moving_val, fixed_val[inside], bins)
+            if refine["symmetric"]:
+                loss = 0.5 * (loss + mapped_l2(fixed_val[inside], moving_val, bins))
+            total = loss
+            if smooth_weight > 0:
+                total = total + smooth_weight * _smoothness(motion, pair.box.to_unit(fixed_mm[:1024]), None, smooth_step)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            history.append(float(loss.detach()))
+            if bar is not None:
+                bar.update(1)
+
+
+def _dense_ddf_mm(motion, pair: _Pair, fixed_grid: ImageGrid, chunk: int = 1 << 18) -> torch.Tensor:
+    """``(D, *S_fixed)`` float32 LPS mm displacement of ``motion`` at every fixed voxel."""
+    pieces = []
+    with torch.no_grad():
+        if isinstance(motion, HashMotion):
+            for points in pair.fixed_points_mm.split(chunk):
+                pieces.append(motion(points).to(torch.float64) - points.to(torch.float64))
+        else:  # exact: float64 matrix on float64 points
+            for points in fixed_grid.mm_points(dtype=torch.float64).split(chunk):
+                pieces.append(apply_affine(motion.matrix(), points) - points)
+    return torch.cat(pieces).T.reshape((fixed_grid.ndim,) + fixed_grid.shape).cpu()
+
+
+def _make_motion(name: str, pair: _Pair, config: dict, init: torch.Tensor | None, device):
+    if name == "rigid":
+        return RigidMotion(pair.center_mm, pair.box.scale_mm(), init).to(device)
+    if name == "affine":
+        return AffineMotion(pair.center_mm, pair.box.scale_mm(), init).to(device)
+    stage = config[name]
+    return HashMotion(pair.box, stage["encoding"], stage["network"], init).to(device)
+
+
+def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_image: torch.Tensor,
+                      moving_grid: ImageGrid, config: dict, *, seed: int = 0, device=None,
+                      progress=None) -> RegistrationResult:
+    """Register images whose grids are given explicitly (the entry point of every adapter).
+
+    Args:
+        fixed_image: ``(1, *S_fixed)`` float tensor; array axes are ``fixed_grid``'s voxel axes.
+        fixed_grid: its :class:`ImageGrid` (LPS mm).
+        moving_image: ``(1, *S_moving)`` float tensor on ``moving_grid``.
+        moving_grid: its :class:`ImageGrid`.
+        config: a validated config (:func:`monai_inr_reg.config.load_preset`).
+        seed, device, progress: as in :func:`register`.
+    """
+    if fixed_grid.ndim != moving_grid.ndim:
+        raise ValueError(f"register(): 'fixed' is {fixed_grid.ndim}D but 'moving' is {moving_grid.ndim}D; both must have the same dimension")
+    config = load_preset(config)
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    start = time.perf_counter()
+    stages = list(config["prealign"]) + [config["motion"]]
+    pair = _prepare(fixed_image, fixed_grid, moving_image, moving_grid, config, device)
+    history: list[float] = []
+    stage_ends: list[tuple[str, int]] = []
+    show = config["progress"] if progress is None else progress
+    show = sys.stderr.isatty() if show == "auto" else bool(show)
+    total_iterations = sum(int(round(int(config[s]["iterations"]) * float(config["iterations_scale"])))
+                           for s in stages + ["refine"])
+    bar = None
+    if show:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_iterations, desc="monai_inr_reg", leave=False)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        image_net = CoordinateNet(pair.ndim, 2 if config["multimodal"] else 1, config["image"]["encoding"],
+                                  config["image"]["network"]).to(device)
+        matrix = None
+        motion = None
+        for index, name in enumerate(stages):
+            motion = _make_motion(name, pair, config, matrix, device)
+            _run_stage(pair, image_net, motion, name, config, fresh_image_net=(index == 0), generator=generator,
+                       bar=bar, history=history)
+            stage_ends.append((name, len(history)))
+            matrix = motion.matrix().detach().to(torch.float64).cpu()
+        _refine(pair, motion, stages[-1], config, generator=generator, bar=bar, history=history)
+        stage_ends.append(("refine", len(history)))
+        matrix = motion.matrix().detach().to(torch.float64).cpu()
+    if bar is not None:
+        bar.close()
+    ddf_mm = _dense_ddf_mm(motion, pair, fixed_grid)
+    ddf = ddf_voxel_from_ddf_mm(ddf_mm, fixed_grid.mm_from_voxel).to(torch.float32)
+    return RegistrationResult(
+        fixed_grid=fixed_grid,
+        moving_grid=moving_grid,
+        ddf=ddf,
+        matrix_mm=matrix,
+        parametric=config["motion"] in PARAMETRIC_MOTIONS,
+        motion=config["motion"],
+        moving_image=moving_image.detach().cpu(),
+        seconds=time.perf_counter() - start,
+        loss_history=history,
+        stage_ends=stage_ends,
+        config=config,
+    )
