@@ -4,7 +4,9 @@ The C++ source ``csrc/hash_grid_cpu.cpp`` registers two torch custom ops
 (``torch.ops.monai_inr_reg.hash_grid_fwd`` / ``hash_grid_bwd``) and is compiled with
 ``torch.utils.cpp_extension.load`` the first time :func:`kernel_available` is called in a process
 (cached under ``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``; later processes
-only load the shared library). It needs a C++ compiler and ninja. When the build fails, or when
+only load the shared library). It needs a C++ compiler and ninja. On x86-64 CPUs with AVX2 it is
+built with ``-march=x86-64-v3`` (about 10-15 % faster) under its own name, falling back to
+generic code if that build fails. When the build fails, or when
 the environment variable ``MONAI_INR_REG_NO_EXT=1`` is set, :func:`kernel_available` returns
 ``False`` (with one log line saying why) and callers use
 :func:`monai_inr_reg.core.encoding.hash_grid_encode` instead.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import threading
 import time
 from functools import lru_cache
@@ -33,7 +36,7 @@ logger = logging.getLogger(__name__)
 ENV_SWITCH = "MONAI_INR_REG_NO_EXT"
 _SOURCE = Path(__file__).parent / "csrc" / "hash_grid_cpu.cpp"
 _LOCK = threading.Lock()
-_STATE: dict = {"tried": False, "ok": False, "error": None, "seconds": None, "logged_disabled": False}
+_STATE: dict = {"tried": False, "ok": False, "error": None, "seconds": None, "variant": None, "logged_disabled": False}
 
 
 def kernel_disabled() -> bool:
@@ -42,35 +45,54 @@ def kernel_disabled() -> bool:
 
 
 def build_info() -> dict:
-    """Outcome of the build attempt: ``tried``, ``ok``, ``error`` (str or None), ``seconds`` (build or load time)."""
-    return {k: _STATE[k] for k in ("tried", "ok", "error", "seconds")}
+    """Outcome of the build attempt: ``tried``, ``ok``, ``error`` (str or None), ``seconds`` (build or
+    load time), ``variant`` (library name; ``_x86_64_v3`` = AVX2/FMA code)."""
+    return {k: _STATE[k] for k in ("tried", "ok", "error", "seconds", "variant")}
+
+
+def _variants() -> list[tuple[str, list[str]]]:
+    """(library name, extra compiler flags) to try in order: AVX2/FMA code where the CPU has it."""
+    base = ("monai_inr_reg_hash_grid_cpu", ["-O3", "-fopenmp"])
+    variants = [base]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        try:
+            capability = torch.backends.cpu.get_cpu_capability()
+        except Exception:  # older torch
+            capability = "DEFAULT"
+        if capability in ("AVX2", "AVX512"):
+            # a separate name, so a cache shared with an older CPU never loads AVX2 code there
+            variants.insert(0, (base[0] + "_x86_64_v3", base[1] + ["-march=x86-64-v3"]))
+    return variants
 
 
 def _build() -> None:
     start = time.perf_counter()
+    errors = []
+    logger.info("monai_inr_reg: loading the hash-grid CPU kernel (the first use on a machine compiles it: 15-40 s)")
     try:
         from torch.utils import cpp_extension
 
         if not _SOURCE.is_file():
             raise FileNotFoundError(f"kernel source missing: {_SOURCE}")
-        cpp_extension.load(
-            name="monai_inr_reg_hash_grid_cpu",
-            sources=[str(_SOURCE)],
-            extra_cflags=["-O3", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            is_python_module=False,
-            verbose=False,
-        )
+        for name, flags in _variants():
+            try:
+                cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=flags,
+                                   extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+                break
+            except Exception as exc:  # e.g. a compiler too old for -march=x86-64-v3: try the next
+                errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip()[:300]}")
+        else:
+            raise RuntimeError("; ".join(errors))
         if not hasattr(torch.ops.monai_inr_reg, "hash_grid_fwd"):
             raise RuntimeError("the built library did not register torch.ops.monai_inr_reg.hash_grid_fwd")
     except Exception as exc:  # no compiler, no ninja, compile error, ...: fall back, say why
-        _STATE.update(ok=False, error=f"{type(exc).__name__}: {str(exc).strip()[:500]}")
+        _STATE.update(ok=False, error=f"{type(exc).__name__}: {str(exc).strip()[:600]}")
         logger.warning("monai_inr_reg: compiled hash-grid kernel unavailable (%s); using the pure-PyTorch path. "
                        "Set %s=1 to skip the build attempt.", _STATE["error"], ENV_SWITCH)
     else:
-        _STATE.update(ok=True, error=None)
-        logger.info("monai_inr_reg: compiled hash-grid CPU kernel ready (build or load took %.1f s)",
-                    time.perf_counter() - start)
+        _STATE.update(ok=True, error=None, variant=name)
+        logger.info("monai_inr_reg: compiled hash-grid CPU kernel %s ready (build or load took %.1f s)",
+                    name, time.perf_counter() - start)
     _STATE.update(tried=True, seconds=time.perf_counter() - start)
 
 

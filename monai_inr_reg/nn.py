@@ -54,7 +54,8 @@ class HashGridEncoding(nn.Module):
         n_input_dims: D, 2 or 3.
         config: tiny-cuda-nn ``HashGrid`` dict (see :func:`~monai_inr_reg.core.encoding.hash_grid_spec`).
         backend: "auto" (tcnn on CUDA if available, else the compiled kernel for CPU inputs if it
-            builds, else pure PyTorch), "torch", "kernel" (raises if it does not build) or "tcnn".
+            builds, else pure PyTorch), "torch", "kernel" (CPU inputs; raises RuntimeError at the first
+            forward if it does not build; non-CPU inputs use pure PyTorch) or "tcnn" (needs CUDA).
         generator: RNG for the uniform(-1e-4, 1e-4) table init (reproducible per pair).
         device: where the tables live.
 
@@ -86,8 +87,6 @@ class HashGridEncoding(nn.Module):
                 logger.info("HashGridEncoding: tinycudann not available; using the PyTorch hash grid on %s", device)
         if self.tcnn is None:
             self.params = nn.Parameter(init_hash_grid_params(self.spec, generator=generator, device=device))
-        elif backend == "kernel":
-            raise ValueError("HashGridEncoding: backend='kernel' is CPU only")
 
     def forward(self, points_unit: torch.Tensor, level_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Encode ``points_unit`` ``(P, D)`` in ``[0, 1]^D`` -> ``(P, L * F)`` features (level-major).

@@ -259,9 +259,26 @@ def write_qc_png(path, fixed, moving_before, warped, det, *, title: str = "", or
 
 
 # ----------------------------------------------------------------------------------------- one pair
+def _nested(overrides: dict) -> dict:
+    """Dotted keys (``"deformable.iterations"``) as nested dicts, so equal settings compare equal."""
+    out: dict = {}
+    for key, value in overrides.items():
+        parts = str(key).split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(_nested(value))
+        else:
+            node[parts[-1]] = _nested(value) if isinstance(value, dict) else value
+    return out
+
+
 def _settings(preset, overrides, seed) -> dict:
-    return json.loads(json.dumps({"preset": preset if isinstance(preset, str) else "custom",
-                                  "overrides": overrides or {}, "seed": int(seed)}, sort_keys=True, default=str))
+    """What makes a pair's outputs reusable by a rerun (not the device)."""
+    preset_name = preset if isinstance(preset, str) else json.dumps(preset, sort_keys=True, default=str)
+    return json.loads(json.dumps({"preset": preset_name, "overrides": _nested(overrides or {}), "seed": int(seed)},
+                                 sort_keys=True, default=str))
 
 
 def _complete_row(pair_dir: Path, settings: dict) -> dict | None:
@@ -498,6 +515,18 @@ def run_pairs(pairs: list[dict], output_dir, *, preset="deformable", overrides: 
     return rows
 
 
+def _as_bool(value, name: str) -> bool:
+    """Command lines hand booleans over as text (``--write_itk false``)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"run_datalist(): {name!r} must be true or false, got {value!r}")
+    return bool(value)
+
+
 def _device(device, distributed: bool):
     if device in (None, "", "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -534,6 +563,7 @@ def run_datalist(datalist, output_dir, *, dataset_dir=None, preset="deformable",
     from .config import load_preset
 
     overrides = dict(overrides or {})
+    itk, distributed = _as_bool(itk, "itk"), _as_bool(distributed, "distributed")
     load_preset(preset, **overrides)  # unknown preset / option: fail before any work
     pairs = load_datalist(datalist, dataset_dir)
     output_dir = Path(output_dir)

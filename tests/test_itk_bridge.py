@@ -17,6 +17,7 @@ itk = pytest.importorskip("itk")
 
 from monai_inr_reg import itk_bridge  # noqa: E402
 from monai_inr_reg.core.grid import ImageGrid, apply_affine, ddf_voxel_from_ddf_mm  # noqa: E402
+from monai_inr_reg.itk_bridge.transforms import _residual_ddf_mm  # noqa: E402
 from monai_inr_reg.result import RegistrationResult  # noqa: E402
 
 pytestmark = [pytest.mark.itk, pytest.mark.filterwarnings("ignore:builtin type .* has no __module__")]
@@ -300,7 +301,7 @@ def test_ants_nifti_header(result_3d, saved_3d):
     # the header affine is the fixed image's (RAS, as nibabel reads it)
     assert np.abs(image.affine - result_3d.fixed_grid.affine_ras.numpy()).max() < 1e-4
     # the data are the residual field in LPS mm, components (x, y, z), applied before the matrix stage
-    residual = itk_bridge._residual_ddf_mm(result_3d).numpy()
+    residual = _residual_ddf_mm(result_3d).numpy()
     data = np.asarray(image.dataobj)[:, :, :, 0, :]
     assert np.abs(np.moveaxis(data, -1, 0) - residual).max() < 1e-5
 
@@ -367,6 +368,9 @@ def test_save_failure_leaves_no_partial_files(result_3d, tmp_path, monkeypatch):
     assert list((tmp_path / "out").iterdir()) == []
     with pytest.raises(ValueError, match="'formats' must be a non-empty selection"):
         itk_bridge.save_result(result_3d, tmp_path, formats=("png",))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="'directory' .* is not a directory"):
+        itk_bridge.save_result(result_3d, tmp_path / "file")
 
 
 def test_register_itk_rejects_mixed_dimensions():
@@ -412,3 +416,47 @@ def test_2d_transform_files_and_inverse(result_2d, tmp_path_factory):
     inner = result_2d.fixed_grid.mm_points(dtype=torch.float64)[mask][::53]
     back = np.array([inverse.TransformPoint(transform.TransformPoint(p)) for p in inner.tolist()])
     assert np.abs(back - inner.numpy()).max() < 0.05  # mm = voxel here (1 mm spacing)
+
+
+# --------------------------------------------------------------------------- end to end (register_itk, the example)
+
+
+def _load_example():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "itk_register.py"
+    spec = importlib.util.spec_from_file_location("itk_register_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_register_itk_recovers_a_known_shift_on_oblique_grids(tmp_path):
+    pytest.importorskip("monai_inr_reg.register")
+    # tiny 2D pair on different oblique grids; the moving content is shifted by (3, -2) mm (LPS)
+    fixed_path, moving_path = _load_example().make_pair(tmp_path, shift_mm=(3.0, -2.0))
+    fixed, moving = itk.imread(str(fixed_path), itk.F), itk.imread(str(moving_path), itk.F)
+    transform, warped = itk_bridge.register_itk(fixed, moving, "rigid", iterations_scale=0.3)
+    assert transform.GetNameOfClass() == "Euler2DTransform"
+    assert np.abs(itk.array_from_matrix(transform.GetMatrix()) - np.eye(2)).max() < 0.01  # < 0.6 degree
+    centre = [25.0, 20.0]
+    shift = np.array(transform.TransformPoint(centre)) - centre
+    assert np.abs(shift - [3.0, -2.0]).max() < 0.15, f"recovered shift {shift}"  # mm; voxels are 1-1.2 mm
+    # warped lives on the fixed grid with the fixed geometry
+    assert tuple(warped.GetLargestPossibleRegion().GetSize()) == tuple(fixed.GetLargestPossibleRegion().GetSize())
+    assert np.allclose(warped.GetOrigin(), fixed.GetOrigin()) and np.allclose(warped.GetSpacing(), fixed.GetSpacing())
+    assert np.allclose(itk.array_from_matrix(warped.GetDirection()), itk.array_from_matrix(fixed.GetDirection()))
+    fixed_array, warped_array = itk.array_from_image(fixed), itk.array_from_image(warped)
+    before = np.abs(itk.array_from_image(itk.resample_image_filter(
+        moving, use_reference_image=True, reference_image=fixed)) - fixed_array).mean()
+    assert np.abs(warped_array - fixed_array).mean() < 0.2 * before
+
+
+def test_example_script_runs(tmp_path):
+    pytest.importorskip("monai_inr_reg.register")
+    report = _load_example().main(["--out", str(tmp_path), "--iterations-scale", "0.2"])
+    assert report["transform_path"].is_file() and (tmp_path / "warped.nii.gz").is_file()
+    assert report["inside"].mean() > 0.5
+    assert report["itk_difference"] < 1e-4
+    if "ants_difference" in report:
+        assert report["ants_difference"] < 1e-4

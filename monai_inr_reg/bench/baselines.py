@@ -222,7 +222,9 @@ def elastix_rigid(fixed: np.ndarray, fixed_grid: ImageGrid, moving: np.ndarray, 
             value = float(found[-1]) if found else math.inf
             metrics.append(value)
             if best is None or value < best[0]:
-                field = itk.array_from_image(itk.transformix_deformation_field(moving_img, result))
+                # output_directory: transformix otherwise writes deformationField.nii into the working directory
+                field = itk.array_from_image(itk.transformix_deformation_field(
+                    moving_img, result, output_directory=run_dir, log_to_console=False))
                 best = (value, angle, np.transpose(field, (1, 0, 2)))  # -> (i, j, component)
     points = fixed_grid.mm_points(dtype=torch.float64).numpy()
     mapped = points + best[2].reshape(-1, 2)

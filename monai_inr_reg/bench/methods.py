@@ -92,7 +92,7 @@ def method_label(name: str, *, multimodal: bool) -> str:
         "elastix": "elastix rigid MI, 3 starts",
         "ours": "ours",
         "ants-syn": "ANTs SyN (Mattes MI)",
-        "ants-syncc": "ANTs SyN (CC r2, syn_sampling=2)",
+        "ants-syncc": "ANTs SyN (CC, syn_sampling=2)",
     }.get(name, name)
 
 

@@ -86,7 +86,8 @@ def endpoint_error(ddf_mm: torch.Tensor, true_ddf_mm: torch.Tensor, mask=None) -
     """
     est, true = torch.as_tensor(ddf_mm, dtype=torch.float64), torch.as_tensor(true_ddf_mm, dtype=torch.float64)
     if est.shape != true.shape:
-        raise ValueError(f"endpoint_error(): 'ddf_mm' must have the shape of 'true_ddf_mm' {tuple(true.shape)}, got {tuple(est.shape)}")
+        raise ValueError(f"endpoint_error(): 'ddf_mm' must have the shape of 'true_ddf_mm' {tuple(true.shape)}, "
+                         f"got {tuple(est.shape)}")
     err = (est - true).norm(dim=0).numpy()
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)

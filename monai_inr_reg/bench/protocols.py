@@ -175,7 +175,6 @@ def invert_ddf_mm(ddf_mm: torch.Tensor, grid: ImageGrid, *, iterations: int = 60
     def u_at(p):  # border-clamped, so the iteration is defined everywhere
         return sample_image_mm(field, grid, p, padding_mode="border")
 
-    residual = math.inf
     for _ in range(iterations):
         v_new = -u_at(points + v)
         step = float((v_new - v).norm(dim=1).max())

@@ -240,8 +240,9 @@ def _rigid_table(records: list[dict], names: list[str], multimodal: bool) -> str
 def _qc(opts, stem, fixed, moving, grid, outputs, multimodal, title, moving_grid=None):
     if opts.qc <= 0:
         return
+    # identity is the "before" panel; on different grids it is drawn as a method (moving resampled as is)
     warped = {method_label(k, multimodal=multimodal): _warp(o, moving, moving_grid or grid, grid)
-              for k, o in outputs.items() if k != "identity"}
+              for k, o in outputs.items() if k != "identity" or moving_grid is not None}
     path = save_qc_png(Path(opts.out_dir) / "qc" / f"{stem}.png", fixed, moving, warped, title=title)
     opts.say(f"  qc: {path}")
 

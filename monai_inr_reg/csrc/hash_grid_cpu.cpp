@@ -88,12 +88,12 @@ struct Corners {
     if (L.dense) {
       const int64_t s1 = L.res + 1;
       int64_t base = cell[0] + cell[1] * s1;
-      if (D == 3) base += cell[D - 1] * s1 * s1;
+      if constexpr (D == 3) base += cell[2] * s1 * s1;
       base += L.offset;  // dense rows: vstride 1
 #pragma GCC unroll 8
       for (int c = 0; c < (1 << D); ++c) {
         int64_t off = (c & 1) + ((c >> 1) & 1) * s1;
-        if (D == 3) off += ((c >> 2) & 1) * s1 * s1;
+        if constexpr (D == 3) off += ((c >> 2) & 1) * s1 * s1;
         row[c] = base + off;
       }
     } else {
@@ -105,7 +105,7 @@ struct Corners {
 #pragma GCC unroll 8
       for (int c = 0; c < (1 << D); ++c) {
         uint32_t hc = h[0][c & 1] ^ h[1][(c >> 1) & 1];
-        if (D == 3) hc ^= h[D - 1][(c >> 2) & 1];
+        if constexpr (D == 3) hc ^= h[2][(c >> 2) & 1];
         row[c] = L.offset + static_cast<int64_t>(hc & mask) * L.vstride;
       }
     }
@@ -115,14 +115,13 @@ struct Corners {
   inline void frac_gradient(const T* v, T* g) const {
     const T* a = w0;
     const T* b = w1;
-    if (D == 2) {
+    if constexpr (D == 2) {
       g[0] = a[1] * (v[1] - v[0]) + b[1] * (v[3] - v[2]);
       g[1] = a[0] * (v[2] - v[0]) + b[0] * (v[3] - v[1]);
     } else {
-      const int z = D - 1;  // == 2; written so that the D == 2 instantiation stays in bounds
-      g[0] = a[1] * a[z] * (v[1] - v[0]) + b[1] * a[z] * (v[3] - v[2]) + a[1] * b[z] * (v[5 % (1 << D)] - v[4 % (1 << D)]) + b[1] * b[z] * (v[7 % (1 << D)] - v[6 % (1 << D)]);
-      g[1] = a[0] * a[z] * (v[2] - v[0]) + b[0] * a[z] * (v[3] - v[1]) + a[0] * b[z] * (v[6 % (1 << D)] - v[4 % (1 << D)]) + b[0] * b[z] * (v[7 % (1 << D)] - v[5 % (1 << D)]);
-      g[z] = a[0] * a[1] * (v[4 % (1 << D)] - v[0]) + b[0] * a[1] * (v[5 % (1 << D)] - v[1]) + a[0] * b[1] * (v[6 % (1 << D)] - v[2]) + b[0] * b[1] * (v[7 % (1 << D)] - v[3]);
+      g[0] = a[1] * a[2] * (v[1] - v[0]) + b[1] * a[2] * (v[3] - v[2]) + a[1] * b[2] * (v[5] - v[4]) + b[1] * b[2] * (v[7] - v[6]);
+      g[1] = a[0] * a[2] * (v[2] - v[0]) + b[0] * a[2] * (v[3] - v[1]) + a[0] * b[2] * (v[6] - v[4]) + b[0] * b[2] * (v[7] - v[5]);
+      g[2] = a[0] * a[1] * (v[4] - v[0]) + b[0] * a[1] * (v[5] - v[1]) + a[0] * b[1] * (v[6] - v[2]) + b[0] * b[1] * (v[7] - v[3]);
     }
   }
 };
@@ -130,35 +129,67 @@ struct Corners {
 constexpr int64_t kBlock = 256;          // forward: a block's output rows stay in L1 across levels
 constexpr int64_t kBackwardBlock = 2048; // backward: a block's rows of grad_out stay in L2 across levels
 
+// Runs of consecutive levels (in the given order) with the same grid: their cell, weights and
+// rows differ only by the level offset, so they are computed once per point (all levels of the
+// near-rigid per_level_scale = 1 net form one run).
+std::vector<std::vector<int64_t>> group_levels(const std::vector<int64_t>& order, const std::vector<Level>& levels) {
+  std::vector<std::vector<int64_t>> groups;
+  for (int64_t l : order) {
+    if (!groups.empty()) {
+      const Level& a = levels[groups.back().front()];
+      const Level& b = levels[l];
+      if (a.res == b.res && a.dense == b.dense && a.size == b.size) {
+        groups.back().push_back(l);
+        continue;
+      }
+    }
+    groups.push_back({l});
+  }
+  return groups;
+}
+
 template <typename T, int D, int FT>
 void forward_impl(const T* X, const T* params, const T* weights, T* out, int64_t n_points,
                   const std::vector<Level>& levels, int64_t n_features_rt, uint32_t mask) {
   const int64_t F = FT > 0 ? FT : n_features_rt;
   const int64_t n_levels = static_cast<int64_t>(levels.size());
   const int64_t width = n_levels * F;
+  std::vector<int64_t> order(n_levels);
+  for (int64_t l = 0; l < n_levels; ++l) order[l] = l;
+  const auto groups = group_levels(order, levels);
   at::parallel_for(0, n_points, kBlock, [&](int64_t begin, int64_t end) {
     Corners<T, D> cs;
     T acc[FT > 0 ? FT : kMaxFeatures];
     for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
       const int64_t b1 = std::min(end, b0 + kBlock);
-      for (int64_t l = 0; l < n_levels; ++l) {
-        const Level& L = levels[l];
-        const T wl = weights[l];
-        if (wl == T(0)) {
+      for (const auto& group : groups) {
+        const Level& L0 = levels[group.front()];
+        bool any = false;
+        for (int64_t l : group) any = any || weights[l] != T(0);
+        if (!any) {
           for (int64_t p = b0; p < b1; ++p)
-            for (int64_t f = 0; f < F; ++f) out[p * width + l * F + f] = T(0);
+            for (int64_t l : group)
+              for (int64_t f = 0; f < F; ++f) out[p * width + l * F + f] = T(0);
           continue;
         }
         for (int64_t p = b0; p < b1; ++p) {
-          cs.compute(X + p * D, L, mask);
-          for (int64_t f = 0; f < F; ++f) acc[f] = T(0);
+          cs.compute(X + p * D, L0, mask);
+          for (int64_t l : group) {
+            const T wl = weights[l];
+            if (wl == T(0)) {
+              for (int64_t f = 0; f < F; ++f) out[p * width + l * F + f] = T(0);
+              continue;
+            }
+            const T* base = params + (levels[l].offset - L0.offset);
+            for (int64_t f = 0; f < F; ++f) acc[f] = T(0);
 #pragma GCC unroll 8
-          for (int c = 0; c < (1 << D); ++c) {
-            const T* row = params + cs.row[c];
-            const T w = cs.weight[c];
-            for (int64_t f = 0; f < F; ++f) acc[f] += w * row[f * L.fstride];
+            for (int c = 0; c < (1 << D); ++c) {
+              const T* row = base + cs.row[c];
+              const T w = cs.weight[c];
+              for (int64_t f = 0; f < F; ++f) acc[f] += w * row[f * L0.fstride];
+            }
+            for (int64_t f = 0; f < F; ++f) out[p * width + l * F + f] = acc[f] * wl;
           }
-          for (int64_t f = 0; f < F; ++f) out[p * width + l * F + f] = acc[f] * wl;
         }
       }
     }
@@ -177,6 +208,14 @@ void backward_impl(const T* G, const T* X, const T* params, const T* weights, T*
   const int64_t n_active = static_cast<int64_t>(active.size());
   if (n_active == 0) return;
   const int64_t n_tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_active));
+  // each task owns every n_tasks-th active level (coarse, cache-friendly levels and fine, hashed
+  // ones mix in each task) and is the only writer of those levels' table gradients
+  std::vector<std::vector<std::vector<int64_t>>> task_groups(n_tasks);
+  for (int64_t t = 0; t < n_tasks; ++t) {
+    std::vector<int64_t> mine;
+    for (int64_t i = t; i < n_active; i += n_tasks) mine.push_back(active[i]);
+    task_groups[t] = group_levels(mine, levels);
+  }
   // task 0 accumulates straight into grad_points; the others into their own zeroed buffers
   std::vector<T> buffers(grad_points ? (n_tasks - 1) * n_points * D : 0, T(0));
   at::parallel_for(0, n_tasks, 1, [&](int64_t tbegin, int64_t tend) {
@@ -184,38 +223,44 @@ void backward_impl(const T* G, const T* X, const T* params, const T* weights, T*
     T g[FT > 0 ? FT : kMaxFeatures];
     for (int64_t task = tbegin; task < tend; ++task) {
       T* gx = grad_points ? (task == 0 ? grad_points : buffers.data() + (task - 1) * n_points * D) : nullptr;
-      // blocks of points, then this task's levels (interleaved over tasks: coarse, cache-friendly
-      // levels and fine, hashed ones mix in each task); a block's rows of G stay in cache
+      // blocks of points, then this task's levels; a block's rows of G stay in cache
       for (int64_t b0 = 0; b0 < n_points; b0 += kBackwardBlock) {
         const int64_t b1 = std::min(n_points, b0 + kBackwardBlock);
-        for (int64_t i = task; i < n_active; i += n_tasks) {
-          const int64_t l = active[i];
-          const Level& L = levels[l];
-          const T wl = weights[l];
-          const T res = static_cast<T>(L.res);
+        for (const auto& group : task_groups[task]) {
+          const Level& L0 = levels[group.front()];
+          const T res = static_cast<T>(L0.res);
           for (int64_t p = b0; p < b1; ++p) {
-            bool any = false;
-            for (int64_t f = 0; f < F; ++f) {
-              g[f] = G[p * width + l * F + f] * wl;
-              any = any || g[f] != T(0);
-            }
-            if (!any) continue;
-            cs.compute(X + p * D, L, mask);
+            bool located = false;
             T v[1 << D];
-#pragma GCC unroll 8
-            for (int c = 0; c < (1 << D); ++c) {
-              const int64_t r = cs.row[c];
-              if (grad_params) {
-                const T w = cs.weight[c];
-                for (int64_t f = 0; f < F; ++f) grad_params[r + f * L.fstride] += w * g[f];
+            for (int c = 0; c < (1 << D); ++c) v[c] = T(0);
+            for (int64_t l : group) {
+              const T wl = weights[l];
+              bool any = false;
+              for (int64_t f = 0; f < F; ++f) {
+                g[f] = G[p * width + l * F + f] * wl;
+                any = any || g[f] != T(0);
               }
-              if (gx) {
-                T acc = T(0);
-                for (int64_t f = 0; f < F; ++f) acc += g[f] * params[r + f * L.fstride];
-                v[c] = acc;
+              if (!any) continue;
+              if (!located) {
+                cs.compute(X + p * D, L0, mask);
+                located = true;
+              }
+              const int64_t delta = levels[l].offset - L0.offset;
+#pragma GCC unroll 8
+              for (int c = 0; c < (1 << D); ++c) {
+                const int64_t r = cs.row[c] + delta;
+                if (grad_params) {
+                  const T w = cs.weight[c];
+                  for (int64_t f = 0; f < F; ++f) grad_params[r + f * L0.fstride] += w * g[f];
+                }
+                if (gx) {
+                  T acc = T(0);
+                  for (int64_t f = 0; f < F; ++f) acc += g[f] * params[r + f * L0.fstride];
+                  v[c] += acc;
+                }
               }
             }
-            if (gx) {
+            if (gx && located) {
               T gfrac[D];
               cs.frac_gradient(v, gfrac);
               for (int d = 0; d < D; ++d)
@@ -233,6 +278,18 @@ void backward_impl(const T* G, const T* X, const T* params, const T* weights, T*
         for (int64_t i = b; i < e; ++i) grad_points[i] += buf[i];
       }
     });
+  }
+}
+
+void check_layout(const std::vector<Level>& levels, const at::Tensor& params, int64_t n_features,
+                  int64_t log2_hashmap_size, int64_t dims) {
+  TORCH_CHECK(log2_hashmap_size >= 1 && log2_hashmap_size <= 31, "hash_grid: log2_hashmap_size out of range");
+  for (const Level& L : levels) {
+    int64_t vertices = 1;
+    for (int64_t d = 0; d < dims; ++d) vertices *= L.res + 1;
+    const int64_t expected = L.dense ? vertices : (int64_t(1) << log2_hashmap_size);
+    TORCH_CHECK(L.res >= 1 && L.offset >= 0 && L.size == expected && L.offset + L.size * n_features <= params.numel(),
+                "hash_grid: level layout does not match 'params' (res ", L.res, ", offset ", L.offset, ", size ", L.size, ")");
   }
 }
 
@@ -266,6 +323,7 @@ at::Tensor hash_grid_fwd(const at::Tensor& points, const at::Tensor& params, con
   TORCH_CHECK(n_features >= 1 && n_features <= kMaxFeatures, "hash_grid: n_features out of range");
   auto lv = read_levels(levels, n_features);
   check_inputs(points, params, weights, static_cast<int64_t>(lv.size()));
+  check_layout(lv, params, n_features, log2_hashmap_size, points.size(1));
   auto x = points.contiguous();
   auto p = params.contiguous();
   auto w = weights.contiguous();
@@ -289,6 +347,7 @@ std::tuple<at::Tensor, at::Tensor> hash_grid_bwd(const at::Tensor& grad_out, con
   TORCH_CHECK(n_features >= 1 && n_features <= kMaxFeatures, "hash_grid: n_features out of range");
   auto lv = read_levels(levels, n_features);
   check_inputs(points, params, weights, static_cast<int64_t>(lv.size()));
+  check_layout(lv, params, n_features, log2_hashmap_size, points.size(1));
   auto x = points.contiguous();
   auto p = params.contiguous();
   auto w = weights.contiguous();

@@ -102,8 +102,9 @@ class InrRegistration(TraceableTransform):
           array axes, fixed voxel ``p`` -> moving point at fixed voxel coordinates ``p + ddf(p)``
           (resampling direction, as ``monai.networks.blocks.Warp``).
 
-        Every output carries the fixed image's meta and affine (the source image's
-        ``filename_or_obj`` and ``applied_operations`` are kept, as ``ResampleToMatch`` does) and
+        Every output carries the fixed image's meta and affine (a warped image keeps its source's
+        ``filename_or_obj`` and ``applied_operations``, as ``ResampleToMatch`` does, so ``SaveImaged``
+        names it after the moving file; the ``ddf`` keeps the fixed image's) and
         gains one ``applied_operations`` entry naming this transform, the preset, the motion and
         the loss. The registration is not invertible through MONAI's ``inverse`` (the inverse
         map of a deformable field is not computed).
@@ -164,7 +165,7 @@ class InrRegistration(TraceableTransform):
         moving_tensor = _plain(moving).to(torch.float32)
         warped = result.warp(moving_tensor, mode=self.mode).as_tensor()
         outputs = [_pack(self, warped, fixed, moving, dict(info, mode=self.mode)),
-                   _pack(self, result.ddf.detach().cpu(), fixed, moving, dict(info, output="ddf"))]
+                   _pack(self, result.ddf.detach().cpu(), fixed, fixed, dict(info, output="ddf"))]
         for image, mode in zip(images, modes):
             data = result.warp(_plain(image), mode=mode).as_tensor()
             outputs.append(_pack(self, data, fixed, image, dict(info, mode=mode)))

@@ -16,7 +16,9 @@ from monai_inr_reg import _ext
 from monai_inr_reg.core.encoding import hash_grid_encode, hash_grid_spec, level_weights
 from monai_inr_reg.nn import HashGridEncoding
 
-needs_kernel = pytest.mark.skipif(not _ext.kernel_available(), reason=f"compiled kernel unavailable: {_ext.build_info()['error']}")
+_AVAILABLE = _ext.kernel_available()
+_WHY = f"{_ext.ENV_SWITCH} is set" if _ext.kernel_disabled() else _ext.build_info()["error"]
+needs_kernel = pytest.mark.skipif(not _AVAILABLE, reason=f"compiled kernel unavailable: {_WHY}")
 
 CONFIGS = [
     ("2d_dense_hashed", 2, dict(n_levels=6, n_features_per_level=2, log2_hashmap_size=8, base_resolution=3, finest_resolution=40)),
@@ -61,6 +63,26 @@ def test_kernel_equals_pure_values_and_gradients(name, d, config, weighted):
     assert ref[2].abs().max() > 1.0  # coordinate gradients are substantial
     outside = (points < 0) | (points > 1)
     assert torch.all(ker[2][outside] == 0)
+
+
+@needs_kernel
+def test_kernel_two_threads_equals_one_thread():
+    """The backward splits levels over threads with per-thread point-gradient buffers; CI runs 1 thread."""
+    spec = hash_grid_spec(3, CONFIGS[1][2])
+    g = torch.Generator().manual_seed(2)
+    params, points = torch.randn(spec.n_params, generator=g), torch.rand(3000, 3, generator=g)
+    weights = torch.ones(spec.n_levels)
+    weights[2] = 0.0
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _run(_ext.hash_grid_encode_kernel, points, params, spec, weights)
+        torch.set_num_threads(2)
+        two = _run(_ext.hash_grid_encode_kernel, points, params, spec, weights)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(two, one):
+        _rel_close(a, b, rtol=1e-6)
 
 
 @needs_kernel

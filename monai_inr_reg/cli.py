@@ -1,0 +1,168 @@
+"""Command line: ``monai-inr-reg register | batch | demo | bench``.
+
+``register`` writes exactly what the bundle writes for one pair (``OUT/<pair id>/`` plus
+``OUT/metrics.csv`` / ``metrics.json``); ``batch`` runs a datalist through the same
+:func:`monai_inr_reg.pipeline.run_datalist` that ``bundle/configs/inference.yaml`` calls.
+
+Adding a subcommand: write ``configure(parser)`` and ``run(args) -> int`` and append a
+:class:`Subcommand` to ``SUBCOMMANDS``; a module with its own parser (``main(argv) -> int``) is
+one line in ``PASSTHROUGH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["main", "parse_set", "Subcommand", "SUBCOMMANDS", "PASSTHROUGH"]
+
+EXIT_OK, EXIT_FAILED_PAIRS, EXIT_USAGE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def parse_set(items: list[str] | None) -> dict:
+    """``["a.b=1", "motion=affine"]`` -> ``{"a": {"b": 1}, "motion": "affine"}`` (values read as YAML).
+
+    Raises:
+        ValueError: an item without ``=`` or with an empty key.
+    """
+    import yaml
+
+    out: dict = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set: expected key=value, got {item!r}")
+        value = yaml.safe_load(text) if text.strip() else ""
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set: {key!r} conflicts with another --set of {part!r}")
+        node[parts[-1]] = value
+    return out
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output-dir", required=True, type=Path, help="output folder (one sub-folder per pair)")
+    parser.add_argument("--preset", default="deformable",
+                        help="rigid | affine | deformable | multimodal-rigid | multimodal-deformable | a YAML file")
+    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                        help="override a preset option (dotted keys for nested ones), e.g. --set iterations_scale=0.5")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the networks and point sampling (default 0)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:1")
+    parser.add_argument("--no-itk", dest="itk", action="store_false", help="do not write ITK / ANTs transform files")
+
+
+def _configure_register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("fixed", help="fixed image file (NIfTI, MHA, NRRD, PNG, ...)")
+    parser.add_argument("moving", help="moving image file")
+    parser.add_argument("--fixed-label", help="fixed label map (for Dice / HD95)")
+    parser.add_argument("--moving-label", help="moving label map (warped with nearest; Dice / HD95 with --fixed-label)")
+    parser.add_argument("--id", dest="pair_id", help="name of the pair's output folder (default <moving>_to_<fixed>)")
+    _common(parser)
+
+
+def _configure_batch(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("datalist", help='datalist JSON: {"pairs": [{"fixed", "moving", "fixed_label"?, "moving_label"?}]}')
+    parser.add_argument("--dataset-dir", help="base folder of relative paths (default: the datalist's folder)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="shard the pairs over the ranks of a torchrun launch (torch.distributed)")
+    _common(parser)
+
+
+def _run_datalist(args, datalist, dataset_dir=None, distributed=False) -> int:
+    from .pipeline import PairFailures, run_datalist
+
+    try:
+        run_datalist(datalist, args.output_dir, dataset_dir=dataset_dir, preset=args.preset,
+                     overrides=parse_set(args.overrides), device=args.device, seed=args.seed, itk=args.itk,
+                     distributed=distributed)
+    except PairFailures as err:
+        print(f"monai-inr-reg: {err}", file=sys.stderr)
+        return EXIT_FAILED_PAIRS
+    except (ValueError, FileNotFoundError) as err:  # bad preset / option / datalist: nothing was done
+        print(f"monai-inr-reg: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"monai-inr-reg: outputs in {args.output_dir}; metrics in {Path(args.output_dir) / 'metrics.csv'}")
+    return EXIT_OK
+
+
+def _run_register(args) -> int:
+    pair = {"fixed": str(Path(args.fixed).absolute()), "moving": str(Path(args.moving).absolute())}
+    for key in ("fixed_label", "moving_label"):
+        if getattr(args, key):
+            pair[key] = str(Path(getattr(args, key)).absolute())
+    if args.pair_id:
+        pair["id"] = args.pair_id
+    return _run_datalist(args, {"pairs": [pair]})
+
+
+def _run_batch(args) -> int:
+    return _run_datalist(args, args.datalist, args.dataset_dir, args.distributed)
+
+
+SUBCOMMANDS: list[Subcommand] = [
+    Subcommand("register", "register one pair (same outputs as one bundle pair)", _configure_register, _run_register),
+    Subcommand("batch", "register every pair of a datalist (what the bundle runs)", _configure_batch, _run_batch),
+]
+
+# name -> (module with main(argv: list[str]) -> int, help); the module parses its own arguments
+PASSTHROUGH: dict[str, tuple[str, str]] = {
+    "demo": ("monai_inr_reg.demo", "run the demo (see monai-inr-reg demo --help)"),
+    "bench": ("monai_inr_reg.bench", "run the benchmarks (see monai-inr-reg bench --help)"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="monai-inr-reg",
+                                     description="Image registration with untrained hash-grid coordinate networks.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in SUBCOMMANDS:
+        command.configure(sub.add_parser(command.name, help=command.help, description=command.help))
+    for name, (_, help_text) in PASSTHROUGH.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``monai-inr-reg``; returns the exit status (0 ok, 1 some pairs failed, 2 usage error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    # passthrough commands hand everything after their name to their own parser
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if first is not None and argv[first] in PASSTHROUGH:
+        logging.basicConfig(level=logging.WARNING if "-q" in argv[:first] or "--quiet" in argv[:first] else logging.INFO,
+                            format="%(message)s")
+        name = PASSTHROUGH[argv[first]][0]
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+            print(f"monai-inr-reg: error: '{argv[first]}' is not available in this installation ({name} is missing)",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        return int(module.main(argv[first + 1:]) or 0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    command = next(c for c in SUBCOMMANDS if c.name == args.command)
+    return command.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""register(): recovered motion, conventions (MONAI Warp, physical space), presets and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import phantom
+from monai_inr_reg import register
+from monai_inr_reg.core.grid import ImageGrid, apply_affine
+from monai_inr_reg.core.sample import warp_image, warp_image_mm
+
+FAST = {"iterations_scale": 0.5}
+
+
+def shifted(image: torch.Tensor, shift_voxel) -> torch.Tensor:
+    """``moving`` with ``moving(p + shift) = image(p)``: the fixed -> moving DDF is ``+shift`` everywhere."""
+    ddf = torch.tensor(shift_voxel, dtype=torch.float32).reshape((-1,) + (1,) * (image.ndim - 1))
+    return warp_image(image, -ddf.expand((image.ndim - 1,) + tuple(image.shape[1:])).contiguous())
+
+
+def non_monotone(image: torch.Tensor) -> torch.Tensor:
+    """An inverted, non-monotone intensity map: another 'modality' of the same anatomy."""
+    return 1.0 - (2.0 * image - 0.8).abs()
+
+
+def interior_mean(ddf: torch.Tensor, margin: int = 8) -> torch.Tensor:
+    inner = ddf[(slice(None),) + (slice(margin, -margin),) * (ddf.ndim - 1)]
+    return inner.reshape(ddf.shape[0], -1).mean(1)
+
+
+@pytest.fixture(scope="module")
+def fixed2d():
+    return phantom((64, 64), seed=3)
+
+
+@pytest.mark.parametrize("preset, modality", [("rigid", None), ("multimodal-rigid", non_monotone)])
+def test_translation_recovered_within_half_voxel(fixed2d, preset, modality):
+    moving = shifted(fixed2d, (3.0, -2.0))
+    if modality is not None:
+        moving = modality(moving)
+    result = register(fixed2d, moving, preset, seed=0, **FAST)
+    recovered = interior_mean(result.ddf)
+    assert torch.allclose(recovered, torch.tensor([3.0, -2.0]), atol=0.5), recovered
+
+
+def test_rigid_preset_is_exactly_rigid(fixed2d):
+    angle = math.radians(6.0)
+    grid = ImageGrid.from_ras_affine((64, 64), None)
+    c = grid.center_mm()
+    rot = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], dtype=torch.float64)
+    truth = torch.eye(3, dtype=torch.float64)
+    truth[:2, :2], truth[:2, 2] = rot, c + torch.tensor([1.5, -1.0], dtype=torch.float64) - rot @ c
+    # moving(truth(x)) = fixed(x): sample fixed at truth^-1 of every voxel
+    moving = warp_image_mm(fixed2d, grid, apply_affine(torch.linalg.inv(truth), grid.mm_points(dtype=torch.float64)), (64, 64))
+    result = register(fixed2d, moving, "rigid", **FAST)
+    linear = result.matrix_mm[:2, :2]
+    assert result.parametric and result.motion == "rigid"
+    assert torch.allclose(linear.T @ linear, torch.eye(2, dtype=torch.float64), atol=1e-10)
+    assert abs(float(torch.linalg.det(linear)) - 1.0) < 1e-10
+    # the field is the matrix, exactly
+    points = grid.mm_points(dtype=torch.float64)
+    expected = (apply_affine(result.matrix_mm, points) - points).T.reshape(2, 64, 64)
+    assert torch.allclose(result.ddf_mm.to(torch.float64), expected, atol=1e-4)
+    # and it is the right one: corners within half a voxel
+    corners = grid.corners_mm()
+    error = (apply_affine(result.matrix_mm, corners) - apply_affine(truth, corners)).norm(dim=1).mean()
+    assert error < 0.5, float(error)
+
+
+def test_monai_warp_reproduces_warped(fixed2d):
+    from monai.networks.blocks import Warp
+
+    moving = shifted(fixed2d, (2.0, 1.0))
+    result = register(fixed2d, moving, "rigid", iterations_scale=0.2)
+    by_monai = Warp(mode="bilinear", padding_mode="zeros")(moving[None], result.ddf[None])[0]
+    assert torch.allclose(by_monai, result.warped.as_tensor(), atol=1e-4)
+    assert torch.allclose(result.warped.affine.to(torch.float64), torch.eye(3, dtype=torch.float64))
+
+
+def test_pair_on_different_grids_registers_in_physical_space(fixed2d):
+    """Moving sampled on a coarser, shifted grid (MetaTensors with affines) plus a 3 mm motion."""
+    from monai.data import MetaTensor
+
+    fixed_affine = torch.diag(torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64))
+    moving_affine = torch.tensor([[1.5, 0.0, -6.0], [0.0, 1.25, 4.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    fixed_grid = ImageGrid.from_ras_affine((64, 64), fixed_affine)
+    moving_grid = ImageGrid.from_ras_affine((48, 56), moving_affine)
+    shift_mm = torch.tensor([3.0, -2.0], dtype=torch.float64)  # LPS mm, fixed -> moving
+    # moving(x + shift) = fixed(x)  =>  moving(y) = fixed(y - shift)
+    moving = warp_image_mm(fixed2d, fixed_grid, moving_grid.mm_points(dtype=torch.float64) - shift_mm, moving_grid.shape)
+    result = register(MetaTensor(fixed2d, affine=fixed_affine), MetaTensor(moving, affine=moving_affine), "rigid", **FAST)
+    recovered_mm = interior_mean(result.ddf_mm)
+    assert torch.allclose(recovered_mm.to(torch.float64), shift_mm, atol=0.5), recovered_mm
+    assert result.warped.shape == (1, 64, 64)
+    assert torch.allclose(result.warped.affine.to(torch.float64), fixed_affine)
+    # warping a moving-grid label with nearest keeps its values
+    labels = (moving > 0.5).to(torch.int64)
+    warped_labels = result.warp(labels, mode="nearest")
+    assert set(torch.unique(warped_labels.as_tensor()).tolist()) <= {0, 1}
+
+
+def test_seeded_runs_are_deterministic(fixed2d):
+    moving = shifted(fixed2d, (1.0, 1.0))
+    a = register(fixed2d, moving, "rigid", seed=5, iterations_scale=0.05)
+    b = register(fixed2d, moving, "rigid", seed=5, iterations_scale=0.05)
+    assert a.loss_history == b.loss_history
+    assert torch.equal(a.ddf, b.ddf)
+
+
+@pytest.mark.parametrize("fixed, moving, match", [
+    (torch.full((1, 8, 8), float("nan")), torch.rand(1, 8, 8), "'fixed' has 64 NaN"),
+    (torch.rand(1, 8, 8), torch.ones(1, 8, 8), "'moving' is constant"),
+    (torch.rand(1, 8, 8), torch.rand(1, 8, 8, 8), "2D but 'moving' is 3D"),
+    (torch.rand(2, 8, 8), torch.rand(1, 8, 8), "'fixed' must have one channel"),
+    (torch.rand(8, 8), torch.rand(1, 8, 8), "'fixed' must be channel-first"),
+    (torch.rand(1, 0, 8), torch.rand(1, 8, 8), "'fixed' is empty"),
+])
+def test_bad_images_fail_before_work(fixed, moving, match):
+    with pytest.raises(ValueError, match=match):
+        register(fixed, moving, "rigid")
+
+
+def test_singular_affine_and_missing_file_are_named(tmp_path):
+    from monai.data import MetaTensor
+
+    with pytest.raises(ValueError, match="'moving' affine is not invertible"):
+        register(torch.rand(1, 8, 8), MetaTensor(torch.rand(1, 8, 8), affine=torch.zeros(3, 3)), "rigid")
+    with pytest.raises(FileNotFoundError, match="'fixed' file"):
+        register(str(tmp_path / "absent.nii.gz"), torch.rand(1, 8, 8), "rigid")
+
+
+@pytest.mark.parametrize("kwargs, match", [({"preset": "rigd"}, "unknown preset 'rigd'"),
+                                           ({"preset": "rigid", "iterashuns": 3}, "unknown option 'iterashuns'"),
+                                           ({"preset": "rigid", "rigid": {"lr": 1}}, "unknown option 'rigid.lr'"),
+                                           ({"preset": "rigid", "motion": "elastic"}, "'motion' must be one of")])
+def test_bad_options_fail_before_work(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        register(torch.rand(1, 8, 8), torch.rand(1, 8, 8), **kwargs)
+
+
+def test_file_inputs(tmp_path, fixed2d):
+    nib = pytest.importorskip("nibabel")
+    moving = shifted(fixed2d, (2.0, 0.0))
+    affine = np.diag([2.0, 2.0, 1.0, 1.0])
+    for name, image in (("fixed", fixed2d), ("moving", moving)):
+        nib.save(nib.Nifti1Image(image[0].numpy()[..., None], affine), str(tmp_path / f"{name}.nii.gz"))
+    result = register(str(tmp_path / "fixed.nii.gz"), tmp_path / "moving.nii.gz", "rigid", **FAST)
+    assert result.fixed_grid.shape[:2] == (64, 64)
+    recovered = interior_mean(result.ddf)[:2]
+    assert torch.allclose(recovered, torch.tensor([2.0, 0.0]), atol=0.5), recovered
