@@ -217,7 +217,9 @@ def _run_stage(pair: _Pair, image_net: CoordinateNet, motion, name: str, config:
         else:
             fixed_mm, fixed_val = pair.fixed_points_mm, pair.fixed_values
         moving_unit = torch.rand(n_moving_batch, pair.ndim, generator=generator, device=device)
-        moving_val = sample_image(pair.moving, apply_affine(pair.moving_voxel_from_unit, moving_unit))[:, 0]
+        # border padding: outside its grid the moving image continues its edge (a bright background stays bright)
+        moving_val = sample_image(pair.moving, apply_affine(pair.moving_voxel_from_unit, moving_unit),
+                                  padding_mode="border")[:, 0]
 
         moved_mm = motion(fixed_mm, mot_weights) if name in HASH_MOTIONS else motion(fixed_mm)
         pred_fixed = image_net(pair.box.to_unit(moved_mm.to(torch.float32)), img_weights)[:, fixed_channel]
@@ -344,6 +346,7 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
     pair = _prepare(fixed_image, fixed_grid, moving_image, moving_grid, config, device)
     history: list[float] = []
     stage_ends: list[tuple[str, int]] = []
+    stage_seconds: dict[str, float] = {}
     show = config["progress"] if progress is None else progress
     show = sys.stderr.isatty() if show == "auto" else bool(show)
     total_iterations = sum(int(round(int(config[s]["iterations"]) * float(config["iterations_scale"])))
@@ -365,14 +368,17 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
             _run_stage(pair, image_net, motion, name, config, fresh_image_net=(index == 0), generator=generator,
                        bar=bar, history=history)
             stage_ends.append((name, len(history)))
+            stage_seconds[name] = time.perf_counter() - start - sum(stage_seconds.values())
             matrix = motion.matrix().detach().to(torch.float64).cpu()
         _refine(pair, motion, stages[-1], config, generator=generator, bar=bar, history=history)
         stage_ends.append(("refine", len(history)))
+        stage_seconds["refine"] = time.perf_counter() - start - sum(stage_seconds.values())
         matrix = motion.matrix().detach().to(torch.float64).cpu()
     if bar is not None:
         bar.close()
     ddf_mm = _dense_ddf_mm(motion, pair, fixed_grid)
     ddf = ddf_voxel_from_ddf_mm(ddf_mm, fixed_grid.mm_from_voxel).to(torch.float32)
+    stage_seconds["field"] = time.perf_counter() - start - sum(stage_seconds.values())
     return RegistrationResult(
         fixed_grid=fixed_grid,
         moving_grid=moving_grid,
@@ -384,5 +390,6 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
         seconds=time.perf_counter() - start,
         loss_history=history,
         stage_ends=stage_ends,
+        stage_seconds=stage_seconds,
         config=config,
     )

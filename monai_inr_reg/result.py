@@ -42,6 +42,7 @@ class RegistrationResult:
         seconds: wall time of the registration.
         loss_history: loss per iteration, all stages concatenated.
         stage_ends: index into ``loss_history`` where each stage ended, with its name.
+        stage_seconds: wall time per stage (set-up counts toward the first; ``"field"``: the dense output field).
         config: the full configuration used (preset merged with overrides).
     """
 
@@ -55,6 +56,7 @@ class RegistrationResult:
     seconds: float = 0.0
     loss_history: list[float] = field(default_factory=list)
     stage_ends: list[tuple[str, int]] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
