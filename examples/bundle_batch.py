@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     command = [*launcher, "monai.bundle", "run", "--config_file", configs, "--dataset_dir", str(dataset_dir),
                "--datalist", str(datalist), "--output_dir", str(args.output_dir), "--preset", args.preset,
                "--device", args.device, "--overrides#iterations_scale", str(args.iterations_scale)]
-    print(" ".join(command[1:] if args.nproc == 1 else command), flush=True)
+    print("python", " ".join(command[1:]), flush=True)
     code = subprocess.call(command)
 
     metrics = args.output_dir / "metrics.csv"

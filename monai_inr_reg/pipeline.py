@@ -37,7 +37,6 @@ import numpy as np
 import torch
 
 from .core.fields import jacobian_determinant
-from .core.grid import ImageGrid
 from .core.sample import warp_image_mm
 from .metrics import label_overlap
 
@@ -242,7 +241,7 @@ def write_qc_png(path, fixed, moving_before, warped, det, *, title: str = "", or
     shown = ax.imshow(j.T, cmap="RdBu_r", origin=origin, vmin=0.0, vmax=2.0)
     if (j <= 0).any():
         ax.contour((j <= 0).T.astype(float), levels=[0.5], colors="k", linewidths=0.8, origin=origin)
-    ax.set_title(f"Jacobian determinant ({100.0 * float((j <= 0).mean()):.2f} % <= 0 here)")
+    ax.set_title(f"Jacobian det. ({100.0 * float((j <= 0).mean()):.2f} % <= 0)")
     fig.colorbar(shown, ax=ax, fraction=0.046)
     for ax in axes.flat:
         ax.set_xticks([])
@@ -335,14 +334,18 @@ def _check_pair(images: dict) -> None:
         if label_key in images and tuple(images[label_key].shape[1:]) != tuple(images[image_key].shape[1:]):
             raise ValueError(f"{label_key!r} has spatial shape {tuple(images[label_key].shape[1:])} but {image_key!r} "
                              f"has {tuple(images[image_key].shape[1:])}; a label must be on its image's grid")
+    if "fixed_label" in images and "moving_label" in images and \
+            images["fixed_label"].shape[0] != images["moving_label"].shape[0]:
+        raise ValueError(f"'fixed_label' has {images['fixed_label'].shape[0]} channels but 'moving_label' has "
+                         f"{images['moving_label'].shape[0]}")
 
 
 def _save_itk(result, pair_dir: Path) -> str:
-    """Write the ITK files into ``itk/``; returns a note for the metrics row."""
-    try:
-        from .itk_bridge import save_result  # noqa: F401  (the optional part: ITK may be absent)
-    except ImportError as err:
-        return f"unavailable: {err}"
+    """Write the ITK files into ``itk/`` (renamed into place when all are written); a note for the row.
+
+    Only a missing ITK (``ImportError``) or an unsupported result (``NotImplementedError``) is
+    tolerated; any other error fails the pair.
+    """
     tmp = pair_dir / ".tmp-itk"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -352,6 +355,18 @@ def _save_itk(result, pair_dir: Path) -> str:
         return f"unavailable: {err}"
     os.replace(tmp, pair_dir / "itk")
     return "itk/"
+
+
+def _label_metrics(images: dict, result, warped_label: torch.Tensor, identity_mm: torch.Tensor) -> dict:
+    """Dice and HD95 of the warped moving label, and of the unregistered one (through the affines only)."""
+    fixed_grid = result.fixed_grid
+    moving_label, fixed_label = images["moving_label"].as_tensor(), images["fixed_label"].as_tensor()
+    before = warp_image_mm(moving_label, result.moving_grid, identity_mm, fixed_grid.shape, mode="nearest")
+    spacing = fixed_grid.spacing.tolist()
+    overlap_before = label_overlap(fixed_label, before, spacing)
+    overlap = label_overlap(fixed_label, warped_label, spacing)
+    return {"dice_before": overlap_before["dice"], "dice": overlap["dice"],
+            "hd95_mm_before": overlap_before["hd95_mm"], "hd95_mm": overlap["hd95_mm"]}
 
 
 def _process(pair: dict, pair_dir: Path, *, preset, overrides: dict, device, seed: int, itk: bool) -> tuple[dict, dict]:
@@ -372,29 +387,18 @@ def _process(pair: dict, pair_dir: Path, *, preset, overrides: dict, device, see
     pair_dir.mkdir(parents=True, exist_ok=True)
     written = [save_nifti(pair_dir / "warped.nii.gz", result.warped.as_tensor(), fixed.affine),
                save_nifti(pair_dir / "ddf.nii.gz", result.ddf, fixed.affine)]
-    fixed_grid, moving_grid = result.fixed_grid, result.moving_grid
-    identity_mm = fixed_grid.mm_points(dtype=torch.float64)
+    identity_mm = result.fixed_grid.mm_points(dtype=torch.float64)  # no registration: through the affines only
     row: dict[str, Any] = {"motion": result.motion}
     if "moving_label" in images:
-        moving_label = images["moving_label"].as_tensor()
-        warped_label = result.warp(moving_label, mode="nearest").as_tensor()
+        warped_label = result.warp(images["moving_label"].as_tensor(), mode="nearest").as_tensor()
         written.append(save_nifti(pair_dir / "warped_label.nii.gz", warped_label, fixed.affine, label=True))
         if "fixed_label" in images:
-            before = warp_image_mm(moving_label, moving_grid, identity_mm, fixed_grid.shape, mode="nearest")
-            spacing = fixed_grid.spacing.tolist()
-            fixed_label = images["fixed_label"].as_tensor()
-            if fixed_label.shape[0] != moving_label.shape[0]:
-                raise ValueError(f"'fixed_label' has {fixed_label.shape[0]} channels but 'moving_label' has "
-                                 f"{moving_label.shape[0]}")
-            overlap_before = label_overlap(fixed_label, before, spacing)
-            overlap = label_overlap(fixed_label, warped_label, spacing)
-            row.update(dice_before=overlap_before["dice"], dice=overlap["dice"],
-                       hd95_mm_before=overlap_before["hd95_mm"], hd95_mm=overlap["hd95_mm"])
+            row.update(_label_metrics(images, result, warped_label, identity_mm))
     det = jacobian_determinant(result.ddf)
     row["folding_percent"] = 100.0 * float((det <= 0).float().mean())
     row["seconds"] = float(result.seconds)
     row["final_loss"] = float(result.loss_history[-1]) if result.loss_history else math.nan
-    moving_before = warp_image_mm(moving.as_tensor().float(), moving_grid, identity_mm, fixed_grid.shape)
+    moving_before = warp_image_mm(moving.as_tensor().float(), result.moving_grid, identity_mm, result.fixed_grid.shape)
     origin = "upper" if str(pair["fixed"]).lower().endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff")) else "lower"
     written.append(write_qc_png(pair_dir / "qc.png", fixed.as_tensor()[0].numpy(), moving_before[0].numpy(),
                                 result.warped.as_tensor()[0].numpy(), det.numpy(), title=pair["id"], origin=origin))

@@ -74,6 +74,15 @@ def test_register_pair_writes_every_output(tmp_path):
     record = json.loads((pair_dir / "done.json").read_text())
     assert record["row"] == json.loads(json.dumps(row))
     assert set(record["files"]) == PAIR_FILES - {"done.json"}
+    # the saved field re-applied with MONAI transforms (as bundle/docs/README.md shows) gives the saved label
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+    from monai_inr_reg.transforms import ApplyDdfd
+
+    again = Compose([LoadImaged(["label", "ddf"], image_only=True), EnsureChannelFirstd(["label", "ddf"]),
+                     ApplyDdfd(["label"], ddf_key="ddf", mode="nearest")])(
+        {"label": paths["moving_label"], "ddf": str(pair_dir / "ddf.nii.gz")})
+    assert np.array_equal(again["label"][0].numpy(), label)
 
 
 def test_rerun_skips_complete_pairs_and_redoes_partial_ones(tmp_path, stub):
