@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations-scale", type=float, default=1.0, help="fewer iterations for a quick try")
     parser.add_argument("--nproc", type=int, default=1, help="processes for torchrun (1: no torchrun)")
     parser.add_argument("--pairs", type=int, default=3, help="number of synthetic pairs without --datalist")
+    parser.add_argument("--no-itk", dest="itk", action="store_false", help="skip the ITK / ANTs transform files")
     args = parser.parse_args(argv)
 
     datalist = args.datalist or write_synthetic_datalist(args.output_dir / "input", args.pairs)
@@ -76,7 +77,8 @@ def main(argv=None) -> int:
         launcher += ["torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc), "-m"]
     command = [*launcher, "monai.bundle", "run", "--config_file", configs, "--dataset_dir", str(dataset_dir),
                "--datalist", str(datalist), "--output_dir", str(args.output_dir), "--preset", args.preset,
-               "--device", args.device, "--overrides#iterations_scale", str(args.iterations_scale)]
+               "--device", args.device, "--overrides#iterations_scale", str(args.iterations_scale),
+               "--write_itk", str(args.itk).lower()]
     print("python", " ".join(command[1:]), flush=True)
     code = subprocess.call(command)
 
