@@ -66,7 +66,7 @@ def pair_3d(data_dir: Path | None):
         moving = torch.tensor(np.load(folder / "subject_1_vol.npz")["vol_data"], dtype=torch.float32)[None]
         return "3d-brain-aseg subject_1 -> test_scan (160x192x224)", fixed, moving
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import phantom, smooth_field
+    from synthetic_images import phantom, smooth_field
 
     from monai_inr_reg.core.sample import warp_image
 

@@ -158,16 +158,44 @@ def _lr_factor(step: int, total: int, final_factor: float, warmup: float) -> flo
     return ramp * (final_factor + (1.0 - final_factor) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
-def _smoothness(motion: HashMotion, points_unit: torch.Tensor, weights, step_unit: float) -> torch.Tensor:
-    """Mean squared finite-difference gradient of the motion net's displacement (box units)."""
+def _displacement_gradient(motion: HashMotion, points_unit: torch.Tensor, weights, step_unit: float) -> torch.Tensor:
+    """Forward-difference gradient ``G[p, c, a] = d u_c / d x_a`` ``(P, D, D)`` of the motion net's
+    displacement at box points ``(P, D)``; box units on both sides, so ``G`` is dimensionless (the box
+    is isotropic: the same ``G`` in mm)."""
     base = motion.displacement_unit(points_unit, weights)
-    total = points_unit.new_zeros(())
+    columns = []
     for axis in range(points_unit.shape[1]):
         shifted = points_unit.clone()
         shifted[:, axis] += step_unit
-        diff = (motion.displacement_unit(shifted, weights) - base) / step_unit
-        total = total + diff.pow(2).sum(1).mean()
+        columns.append((motion.displacement_unit(shifted, weights) - base) / step_unit)
+    return torch.stack(columns, dim=2)
+
+
+def _motion_penalty(motion: HashMotion, points_unit: torch.Tensor, stage: dict, weights) -> torch.Tensor:
+    """Regularisers of a hash motion at box points ``(P, D)`` (0-d tensor):
+
+    ``smoothness_weight * mean |G|^2 + folding_weight * mean relu(folding_threshold - det(A + G))``,
+    ``G`` the displacement gradient (:func:`_displacement_gradient`, step half the finest motion
+    cell) and ``A`` the linear part of the motion's base matrix, so ``det(A + G)`` is the Jacobian
+    determinant of the whole map: the second term only acts where the map (nearly) folds.
+    """
+    smooth_weight = float(stage["smoothness_weight"])
+    fold_weight = float(stage["folding_weight"])
+    if smooth_weight <= 0 and fold_weight <= 0:
+        return points_unit.new_zeros(())
+    grad = _displacement_gradient(motion, points_unit, weights, 0.5 / float(stage["encoding"]["finest_resolution"]))
+    total = points_unit.new_zeros(())
+    if smooth_weight > 0:
+        total = total + smooth_weight * grad.pow(2).sum((1, 2)).mean()
+    if fold_weight > 0:
+        ndim = points_unit.shape[1]
+        linear = motion.matrix()[:ndim, :ndim].to(grad.dtype)
+        det = torch.linalg.det(linear + grad)
+        total = total + fold_weight * torch.relu(float(stage["folding_threshold"]) - det).mean()
     return total
+
+
+_PENALTY_POINTS = 1024  # regulariser points per iteration (a subset of the iteration's fixed points)
 
 
 def _run_stage(pair: _Pair, image_net: CoordinateNet, motion, name: str, config: dict, *, fresh_image_net: bool,
@@ -193,13 +221,13 @@ def _run_stage(pair: _Pair, image_net: CoordinateNet, motion, name: str, config:
 
     c2f = config["coarse_to_fine"]
     c2f_steps = float(c2f["share"]) * iterations if (c2f["enabled"] and fresh_image_net) else 0.0
+    # a hash motion is fresh in its stage: its levels fade in over its own share, image net fresh or not
+    motion_c2f_steps = float(stage["coarse_to_fine_share"]) * iterations if name in HASH_MOTIONS else 0.0
     n_fixed = pair.fixed_values.shape[0]
     n_fixed_batch = min(int(config["sampling"]["fixed_points"]), n_fixed)
     n_moving_batch = int(config["sampling"]["moving_points"])
     channels = 2 if config["multimodal"] else 1
     fixed_channel, moving_channel = (1, 0) if channels == 2 else (0, 0)
-    smooth_weight = float(stage.get("smoothness_weight", 0.0))
-    smooth_step = 0.5 / float(stage["encoding"]["finest_resolution"]) if name in HASH_MOTIONS else 0.0
 
     for step in range(iterations):
         factor = _lr_factor(step, iterations, final, float(stage["warmup"]))
@@ -208,8 +236,9 @@ def _run_stage(pair: _Pair, image_net: CoordinateNet, motion, name: str, config:
         progress = (step + 1) / c2f_steps if c2f_steps > 0 else None
         img_weights = None if progress is None else level_weights(progress * image_net.n_levels, image_net.n_levels).to(device)
         mot_weights = None
-        if name in HASH_MOTIONS and progress is not None:
-            mot_weights = level_weights(progress * motion.net.n_levels, motion.net.n_levels).to(device)
+        if motion_c2f_steps > 0:
+            mot_progress = min(1.0, (step + 1) / motion_c2f_steps)
+            mot_weights = level_weights(mot_progress * motion.net.n_levels, motion.net.n_levels).to(device)
 
         if n_fixed_batch < n_fixed:
             idx = torch.randint(n_fixed, (n_fixed_batch,), generator=generator, device=device)
@@ -226,9 +255,8 @@ def _run_stage(pair: _Pair, image_net: CoordinateNet, motion, name: str, config:
         pred_moving = image_net(moving_unit, img_weights)[:, moving_channel]
         loss = (pred_fixed - fixed_val).pow(2).mean() + (pred_moving - moving_val).pow(2).mean()
         total = loss
-        if smooth_weight > 0:
-            sub = pair.box.to_unit(fixed_mm[:1024])
-            total = total + smooth_weight * _smoothness(motion, sub, mot_weights, smooth_step)
+        if name in HASH_MOTIONS:
+            total = total + _motion_penalty(motion, pair.box.to_unit(fixed_mm[:_PENALTY_POINTS]), stage, mot_weights)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
@@ -254,6 +282,9 @@ def _refine(pair: _Pair, motion, name: str, config: dict, *, generator: torch.Ge
     The image net absorbs part of any residual misalignment (it biases rotations low); the real
     images cannot, which takes the result from pixel to sub-pixel accuracy.
     """
+    if isinstance(motion, HashMotion):
+        _refine_hash(pair, motion, name, config, generator=generator, bar=bar, history=history)
+        return
     refine = config["refine"]
     iterations = int(round(int(refine["iterations"]) * float(config["iterations_scale"])))
     sigmas = [float(s) for s in refine["sigma_voxels"]]
@@ -268,8 +299,6 @@ def _refine(pair: _Pair, motion, name: str, config: dict, *, generator: torch.Ge
     n_fixed = pair.fixed_values.shape[0]
     n_batch = min(int(refine["fixed_points"]), n_fixed)
     bins = int(refine["bins"])
-    smooth_weight = float(stage.get("smoothness_weight", 0.0)) if name in HASH_MOTIONS else 0.0
-    smooth_step = 0.5 / float(stage["encoding"]["finest_resolution"]) if name in HASH_MOTIONS else 0.0
     moving_shape = torch.tensor(pair.moving.shape[1:], device=device, dtype=torch.float32)
     per_level = [iterations // len(sigmas) + (i < iterations % len(sigmas)) for i in range(len(sigmas))]
     for sigma, steps in zip(sigmas, per_level):
@@ -289,12 +318,77 @@ def _refine(pair: _Pair, motion, name: str, config: dict, *, generator: torch.Ge
             if refine["symmetric"]:
                 loss = 0.5 * (loss + mapped_l2(fixed_val[inside], moving_val, bins))
             total = loss
-            if smooth_weight > 0:
-                total = total + smooth_weight * _smoothness(motion, pair.box.to_unit(fixed_mm[:1024]), None, smooth_step)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
             history.append(float(loss.detach()))
+            if bar is not None:
+                bar.update(1)
+
+
+def _refine_hash(pair: _Pair, motion: HashMotion, name: str, config: dict, *, generator: torch.Generator, bar,
+                 history: list[float]) -> None:
+    """The refinement stage of a hash motion (``deformable``, ``near_rigid``): the deformable workhorse.
+
+    Loss: the symmetric mapped L2 of :func:`_refine` between the fixed image and the real moving image
+    at the moved points, each residual bounded (``refine.robust_scale``, Geman-McClure), plus the
+    motion's smoothness and folding penalties (:func:`_motion_penalty`). One warm-up + cosine
+    learning-rate schedule runs over all the Gaussian levels (``refine.sigma_voxels``).
+
+    When the motion net has not been optimised yet (its image-net stage has 0 iterations, the
+    deformable presets' default), its hash levels fade in here over the stage's
+    ``coarse_to_fine_share`` of the iterations, with the stage's warm-up: the field grows from
+    coarse to fine (without this, multi-modal pairs fold and drift).
+    """
+    refine = config["refine"]
+    scale = float(config["iterations_scale"])
+    iterations = int(round(int(refine["iterations"]) * scale))
+    sigmas = [float(s) for s in refine["sigma_voxels"]]
+    if iterations == 0 or not sigmas:
+        return
+    stage = config[name]
+    fresh = int(round(int(stage["iterations"]) * scale)) == 0
+    groups = _motion_groups(motion, name, stage, float(refine["learning_rate_factor"]))
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    optimizer = torch.optim.Adam(groups)
+    device = pair.fixed_values.device
+    n_fixed = pair.fixed_values.shape[0]
+    n_batch = min(int(refine["fixed_points"]), n_fixed)
+    bins = int(refine["bins"])
+    robust = float(refine["robust_scale"])
+    final = float(refine["final_learning_rate_factor"])
+    warmup = float(stage["warmup"]) if fresh else 0.0
+    c2f_steps = float(stage["coarse_to_fine_share"]) * iterations if fresh else 0.0
+    n_levels = motion.net.n_levels
+    moving_shape = torch.tensor(pair.moving.shape[1:], device=device, dtype=torch.float32)
+    per_level = [iterations // len(sigmas) + (i < iterations % len(sigmas)) for i in range(len(sigmas))]
+    done = 0
+    for sigma, steps in zip(sigmas, per_level):
+        fixed_values = gaussian_smooth(pair.fixed, sigma).reshape(-1)
+        moving = gaussian_smooth(pair.moving, sigma)
+        for _ in range(steps):
+            factor = _lr_factor(done, iterations, final, warmup)
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * factor
+            weights = None
+            if c2f_steps > 0:
+                weights = level_weights(min(1.0, (done + 1) / c2f_steps) * n_levels, n_levels).to(device)
+            idx = torch.randint(n_fixed, (n_batch,), generator=generator, device=device) if n_batch < n_fixed else None
+            fixed_mm = pair.fixed_points_mm if idx is None else pair.fixed_points_mm[idx]
+            fixed_val = fixed_values if idx is None else fixed_values[idx]
+            moved_voxel = apply_affine(pair.moving_voxel_from_mm, motion(fixed_mm, weights).to(torch.float32))
+            inside = ((moved_voxel >= 0) & (moved_voxel <= moving_shape - 1)).all(1)
+            moving_val = sample_image(moving, moved_voxel[inside])[:, 0]
+            loss = mapped_l2(moving_val, fixed_val[inside], bins, robust_scale=robust)
+            if refine["symmetric"]:
+                loss = 0.5 * (loss + mapped_l2(fixed_val[inside], moving_val, bins, robust_scale=robust))
+            total = loss + _motion_penalty(motion, pair.box.to_unit(fixed_mm[:_PENALTY_POINTS]), stage, weights)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            history.append(float(loss.detach()))
+            done += 1
             if bar is not None:
                 bar.update(1)
 

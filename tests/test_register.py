@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import phantom
+from synthetic_images import phantom
 from monai_inr_reg import register
 from monai_inr_reg.core.grid import ImageGrid, apply_affine
 from monai_inr_reg.core.sample import warp_image, warp_image_mm

@@ -1,0 +1,40 @@
+"""Small synthetic images with known motion for the tests (import as ``synthetic_images``)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def phantom(shape, *, seed: int = 0, blobs: int = 12) -> torch.Tensor:
+    """A smooth random phantom ``(1, *shape)`` in [0, 1]: Gaussian blobs of random size inside an ellipse."""
+    g = torch.Generator().manual_seed(seed)
+    ndim = len(shape)
+    axes = [torch.linspace(-1, 1, s) for s in shape]
+    coords = torch.stack(torch.meshgrid(*axes, indexing="ij"))
+    image = torch.zeros(shape)
+    for _ in range(blobs):
+        center = (torch.rand(ndim, generator=g) - 0.5) * 1.2
+        width = 0.08 + 0.2 * torch.rand(1, generator=g)
+        amp = 0.4 + 0.6 * torch.rand(1, generator=g)
+        r2 = ((coords - center.reshape((ndim,) + (1,) * ndim)) ** 2).sum(0)
+        image += amp * torch.exp(-r2 / (2 * width**2))
+    body = (coords**2 / 0.8**2).sum(0) < 1.0
+    image = image * body + 0.3 * body
+    return (image / image.max())[None]
+
+
+def smooth_field(shape, amplitude_voxel: float, *, seed: int = 0, waves: int = 2) -> torch.Tensor:
+    """A smooth, invertible displacement ``(D, *shape)`` in voxels: a few low-frequency sines."""
+    g = torch.Generator().manual_seed(seed)
+    ndim = len(shape)
+    axes = [torch.linspace(0, 1, s) for s in shape]
+    coords = torch.stack(torch.meshgrid(*axes, indexing="ij"))
+    field = torch.zeros((ndim,) + tuple(shape))
+    for d in range(ndim):
+        for _ in range(waves):
+            freq = 0.5 + torch.rand(ndim, generator=g)
+            phase = 2 * math.pi * torch.rand(1, generator=g)
+            field[d] += torch.sin(2 * math.pi * (freq.reshape((ndim,) + (1,) * ndim) * coords).sum(0) + phase)
+    return field * (amplitude_voxel / waves)
