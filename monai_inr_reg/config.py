@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["load_preset", "list_presets", "merge_overrides", "MOTIONS", "PARAMETRIC_MOTIONS", "HASH_MOTIONS"]
+__all__ = ["load_preset", "list_presets", "merge_overrides", "nested_overrides", "MOTIONS", "PARAMETRIC_MOTIONS", "HASH_MOTIONS"]
 
 PARAMETRIC_MOTIONS = ("rigid", "affine")
 HASH_MOTIONS = ("deformable", "near_rigid")
@@ -43,22 +43,26 @@ def _schema() -> dict:
     return _read_yaml(resources.files("monai_inr_reg.configs") / "deformable.yaml")
 
 
-def _dotted_to_nested(overrides: dict) -> dict:
-    nested: dict = {}
+def nested_overrides(overrides: dict) -> dict:
+    """Dotted keys (``"deformable.iterations"``) as nested dicts, recursively, so equal settings compare equal."""
+    out: dict = {}
     for key, value in overrides.items():
         parts = str(key).split(".")
-        node = nested
+        node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return nested
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(nested_overrides(value))
+        else:
+            node[parts[-1]] = nested_overrides(value) if isinstance(value, dict) else value
+    return out
 
 
 def merge_overrides(base: dict, overrides: dict, *, schema: dict | None = None, where: str = "") -> dict:
     """Deep-merge ``overrides`` into a copy of ``base``; keys must exist in ``schema`` (default ``base``)."""
     schema = base if schema is None else schema
     out = copy.deepcopy(base)
-    for key, value in _dotted_to_nested(overrides).items():
+    for key, value in nested_overrides(overrides).items():
         if key not in schema:
             valid = ", ".join(sorted(schema))
             raise ValueError(f"load_preset(): unknown option {where + key!r}; valid options here: {valid}")

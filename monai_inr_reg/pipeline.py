@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .config import nested_overrides
 from .core.fields import jacobian_determinant
 from .core.sample import warp_image_mm
 from .metrics import label_overlap
@@ -258,25 +259,10 @@ def write_qc_png(path, fixed, moving_before, warped, det, *, title: str = "", or
 
 
 # ----------------------------------------------------------------------------------------- one pair
-def _nested(overrides: dict) -> dict:
-    """Dotted keys (``"deformable.iterations"``) as nested dicts, so equal settings compare equal."""
-    out: dict = {}
-    for key, value in overrides.items():
-        parts = str(key).split(".")
-        node = out
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
-            node[parts[-1]].update(_nested(value))
-        else:
-            node[parts[-1]] = _nested(value) if isinstance(value, dict) else value
-    return out
-
-
 def _settings(preset, overrides, seed) -> dict:
     """What makes a pair's outputs reusable by a rerun (not the device)."""
     preset_name = preset if isinstance(preset, str) else json.dumps(preset, sort_keys=True, default=str)
-    return json.loads(json.dumps({"preset": preset_name, "overrides": _nested(overrides or {}), "seed": int(seed)},
+    return json.loads(json.dumps({"preset": preset_name, "overrides": nested_overrides(overrides or {}), "seed": int(seed)},
                                  sort_keys=True, default=str))
 
 
