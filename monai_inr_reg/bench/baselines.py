@@ -131,8 +131,7 @@ def ants_rigid(fixed: np.ndarray, fixed_grid: ImageGrid, moving: np.ndarray, mov
     _ants_seed(seed)
     with tempfile.TemporaryDirectory(prefix="bench_ants_") as tmp:
         out = ants.registration(_ants_image(fixed, fixed_grid), _ants_image(moving, moving_grid),
-                                type_of_transform="Rigid", aff_metric=metric, outprefix=os.path.join(tmp, "r_"),
-                                random_seed=seed + 1)  # 0 would mean "seed from the clock" in ANTs
+                                type_of_transform="Rigid", aff_metric=metric, outprefix=os.path.join(tmp, "r_"))
         return _ants_linear_matrix(out["fwdtransforms"][-1], fixed_grid.ndim)
 
 
@@ -152,7 +151,7 @@ def ants_syn(fixed: np.ndarray, fixed_grid: ImageGrid, moving: np.ndarray, movin
     kwargs = {"syn_metric": "CC", "syn_sampling": 2} if metric == "CC" else {}
     with tempfile.TemporaryDirectory(prefix="bench_ants_") as tmp:
         out = ants.registration(fixed_img, _ants_image(moving, moving_grid), type_of_transform="SyN",
-                                outprefix=os.path.join(tmp, "s_"), random_seed=seed + 1, **kwargs)
+                                outprefix=os.path.join(tmp, "s_"), **kwargs)
         # compose affine + warp into one displacement field on the fixed grid (physical LPS vectors)
         path = ants.apply_transforms(fixed_img, _ants_image(moving, moving_grid), out["fwdtransforms"],
                                      compose=os.path.join(tmp, "c_"))
