@@ -382,7 +382,8 @@ def _refine_hash(pair: _Pair, motion: HashMotion, name: str, config: dict, *, ge
             moving_val = sample_image(moving, moved_voxel[inside])[:, 0]
             loss = mapped_l2(moving_val, fixed_val[inside], bins, robust_scale=robust)
             if refine["symmetric"]:
-                loss = 0.5 * (loss + mapped_l2(fixed_val[inside], moving_val, bins, robust_scale=robust))
+                loss = 0.5 * (loss + mapped_l2(fixed_val[inside], moving_val, bins, robust_scale=robust,
+                                               variance_gradient=True))
             total = loss + _motion_penalty(motion, pair.box.to_unit(fixed_mm[:_PENALTY_POINTS]), stage, weights)
             optimizer.zero_grad(set_to_none=True)
             total.backward()

@@ -36,7 +36,8 @@ def fit_intensity_map(basis: torch.Tensor, target: torch.Tensor, ridge: float = 
     return coef.to(basis.dtype)
 
 
-def mapped_l2(source: torch.Tensor, target: torch.Tensor, n_bins: int, *, robust_scale: float = 0.0) -> torch.Tensor:
+def mapped_l2(source: torch.Tensor, target: torch.Tensor, n_bins: int, *, robust_scale: float = 0.0,
+              variance_gradient: bool = False) -> torch.Tensor:
     """``mean((g(source) - target)^2) / var(target)`` with ``g`` the best piecewise-linear map (refitted).
 
     Args:
@@ -46,13 +47,17 @@ def mapped_l2(source: torch.Tensor, target: torch.Tensor, n_bins: int, *, robust
             by the Geman-McClure ``c^2 r^2 / (r^2 + c^2)``: equal to L2 for small residuals, bounded
             for residuals beyond about ``c`` standard deviations, so structures present in only one
             image (a lesion, tissue cut away in one scan) stop pulling the motion. ``0``: plain L2.
+        variance_gradient: also differentiate the normalisation ``var(target)``. Needed when
+            ``target`` depends on the motion (the moving image in the symmetric term): with a
+            detached variance the motion lowers the loss by sampling flat regions (collapsing the
+            moving image), the correlation ratio itself gets worse.
 
     Returns:
         0-d tensor, differentiable in ``source`` and ``target`` (``g`` itself carries no gradient).
     """
     basis = hat_basis(source, n_bins)
     coef = fit_intensity_map(basis, target)
-    var = target.detach().var().clamp_min(1e-8)
+    var = (target if variance_gradient else target.detach()).var().clamp_min(1e-8)
     squared = (basis @ coef - target).pow(2) / var
     if robust_scale > 0:
         c2 = float(robust_scale) ** 2
