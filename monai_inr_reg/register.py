@@ -24,7 +24,7 @@ import torch
 from .config import HASH_MOTIONS, PARAMETRIC_MOTIONS, load_preset
 from .core.encoding import level_weights
 from .core.grid import ImageGrid, NormalisedBox, apply_affine, ddf_voxel_from_ddf_mm
-from .core.losses import gaussian_smooth, mapped_l2
+from .core.losses import gaussian_smooth, mapped_l2, mutual_information
 from .core.sample import sample_image
 from .motion import AffineMotion, HashMotion, RigidMotion
 from .nn import CoordinateNet
@@ -274,71 +274,50 @@ def _motion_groups(motion, name: str, stage: dict, factor: float = 1.0) -> list[
             {"params": list(motion.net.network_parameters()), "lr": factor * float(lr["network"])}]
 
 
+REFINE_METRICS = ("mapped_l2", "mutual_information")
+
+
+def _similarity_loss(moving_val: torch.Tensor, fixed_val: torch.Tensor, refine: dict, *,
+                     variance_gradient: bool) -> torch.Tensor:
+    """The refinement's data term (lower is better) at paired intensities ``(P,)``.
+
+    ``refine.metric``: ``"mutual_information"``: ``-MI`` in nats (:func:`mutual_information`; the
+    deformable presets); ``"mapped_l2"``: the (``refine.symmetric``) mapped L2 with
+    ``refine.robust_scale`` (:func:`mapped_l2`; ``variance_gradient`` for its moving-target term:
+    a hash motion could otherwise flatten the sampled moving values to cheapen that term).
+    """
+    bins = int(refine["bins"])
+    metric = refine["metric"]
+    if metric == "mutual_information":
+        return -mutual_information(moving_val, fixed_val, bins)
+    if metric != "mapped_l2":
+        raise ValueError(f"register(): 'refine.metric' must be one of {REFINE_METRICS}, got {metric!r}")
+    robust = float(refine["robust_scale"])
+    loss = mapped_l2(moving_val, fixed_val, bins, robust_scale=robust)
+    if refine["symmetric"]:
+        loss = 0.5 * (loss + mapped_l2(fixed_val, moving_val, bins, robust_scale=robust,
+                                       variance_gradient=variance_gradient))
+    return loss
+
+
 def _refine(pair: _Pair, motion, name: str, config: dict, *, generator: torch.Generator, bar,
             history: list[float]) -> None:
     """Final stage: the same motion, the image net replaced by the real moving image under a fitted
     intensity map (see :mod:`monai_inr_reg.core.losses`), on Gaussian-smoothed then sharp images.
 
     The image net absorbs part of any residual misalignment (it biases rotations low); the real
-    images cannot, which takes the result from pixel to sub-pixel accuracy.
-    """
-    if isinstance(motion, HashMotion):
-        _refine_hash(pair, motion, name, config, generator=generator, bar=bar, history=history)
-        return
-    refine = config["refine"]
-    iterations = int(round(int(refine["iterations"]) * float(config["iterations_scale"])))
-    sigmas = [float(s) for s in refine["sigma_voxels"]]
-    if iterations == 0 or not sigmas:
-        return
-    stage = config[name]
-    groups = _motion_groups(motion, name, stage, float(refine["learning_rate_factor"]))
-    for g in groups:
-        g["base_lr"] = g["lr"]
-    optimizer = torch.optim.Adam(groups)
-    device = pair.fixed_values.device
-    n_fixed = pair.fixed_values.shape[0]
-    n_batch = min(int(refine["fixed_points"]), n_fixed)
-    bins = int(refine["bins"])
-    moving_shape = torch.tensor(pair.moving.shape[1:], device=device, dtype=torch.float32)
-    per_level = [iterations // len(sigmas) + (i < iterations % len(sigmas)) for i in range(len(sigmas))]
-    for sigma, steps in zip(sigmas, per_level):
-        fixed_values = gaussian_smooth(pair.fixed, sigma).reshape(-1)
-        moving = gaussian_smooth(pair.moving, sigma)
-        for step in range(steps):
-            factor = _lr_factor(step, steps, float(refine["final_learning_rate_factor"]), 0.0)
-            for g in optimizer.param_groups:
-                g["lr"] = g["base_lr"] * factor
-            idx = torch.randint(n_fixed, (n_batch,), generator=generator, device=device) if n_batch < n_fixed else None
-            fixed_mm = pair.fixed_points_mm if idx is None else pair.fixed_points_mm[idx]
-            fixed_val = fixed_values if idx is None else fixed_values[idx]
-            moved_voxel = apply_affine(pair.moving_voxel_from_mm, motion(fixed_mm).to(torch.float32))
-            inside = ((moved_voxel >= 0) & (moved_voxel <= moving_shape - 1)).all(1)
-            moving_val = sample_image(moving, moved_voxel[inside])[:, 0]
-            loss = mapped_l2(moving_val, fixed_val[inside], bins)
-            if refine["symmetric"]:
-                loss = 0.5 * (loss + mapped_l2(fixed_val[inside], moving_val, bins))
-            total = loss
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            history.append(float(loss.detach()))
-            if bar is not None:
-                bar.update(1)
+    images cannot, which takes the result from pixel to sub-pixel accuracy. Loss
+    (:func:`_similarity_loss`, ``refine.metric``): the symmetric mapped L2 between the fixed image
+    and the moving image at the moved points (each residual bounded by ``refine.robust_scale``,
+    Geman-McClure), or minus their mutual information (the deformable presets).
 
-
-def _refine_hash(pair: _Pair, motion: HashMotion, name: str, config: dict, *, generator: torch.Generator, bar,
-                 history: list[float]) -> None:
-    """The refinement stage of a hash motion (``deformable``, ``near_rigid``): the deformable workhorse.
-
-    Loss: the symmetric mapped L2 of :func:`_refine` between the fixed image and the real moving image
-    at the moved points, each residual bounded (``refine.robust_scale``, Geman-McClure), plus the
-    motion's smoothness and folding penalties (:func:`_motion_penalty`). One warm-up + cosine
-    learning-rate schedule runs over all the Gaussian levels (``refine.sigma_voxels``).
-
-    When the motion net has not been optimised yet (its image-net stage has 0 iterations, the
-    deformable presets' default), its hash levels fade in here over the stage's
-    ``coarse_to_fine_share`` of the iterations, with the stage's warm-up: the field grows from
-    coarse to fine (without this, multi-modal pairs fold and drift).
+    For a hash motion (``deformable``, ``near_rigid``) this is the deformable workhorse: it adds the
+    motion's smoothness and folding penalties (:func:`_motion_penalty`) and runs one warm-up + cosine
+    schedule over all Gaussian levels. When the motion net has not been optimised yet (its image-net
+    stage has 0 iterations, the deformable presets' default), its hash levels fade in over the
+    stage's ``coarse_to_fine_share``, with the stage's warm-up: the field grows from coarse to fine
+    (without this, multi-modal pairs fold and drift). Parametric motions restart a short cosine
+    schedule at each Gaussian level.
     """
     refine = config["refine"]
     scale = float(config["iterations_scale"])
@@ -347,7 +326,8 @@ def _refine_hash(pair: _Pair, motion: HashMotion, name: str, config: dict, *, ge
     if iterations == 0 or not sigmas:
         return
     stage = config[name]
-    fresh = int(round(int(stage["iterations"]) * scale)) == 0
+    is_hash = isinstance(motion, HashMotion)
+    fresh = is_hash and int(round(int(stage["iterations"]) * scale)) == 0
     groups = _motion_groups(motion, name, stage, float(refine["learning_rate_factor"]))
     for g in groups:
         g["base_lr"] = g["lr"]
@@ -355,36 +335,34 @@ def _refine_hash(pair: _Pair, motion: HashMotion, name: str, config: dict, *, ge
     device = pair.fixed_values.device
     n_fixed = pair.fixed_values.shape[0]
     n_batch = min(int(refine["fixed_points"]), n_fixed)
-    bins = int(refine["bins"])
-    robust = float(refine["robust_scale"])
     final = float(refine["final_learning_rate_factor"])
     warmup = float(stage["warmup"]) if fresh else 0.0
     c2f_steps = float(stage["coarse_to_fine_share"]) * iterations if fresh else 0.0
-    n_levels = motion.net.n_levels
     moving_shape = torch.tensor(pair.moving.shape[1:], device=device, dtype=torch.float32)
     per_level = [iterations // len(sigmas) + (i < iterations % len(sigmas)) for i in range(len(sigmas))]
     done = 0
     for sigma, steps in zip(sigmas, per_level):
         fixed_values = gaussian_smooth(pair.fixed, sigma).reshape(-1)
         moving = gaussian_smooth(pair.moving, sigma)
-        for _ in range(steps):
-            factor = _lr_factor(done, iterations, final, warmup)
+        for step in range(steps):
+            factor = _lr_factor(done, iterations, final, warmup) if is_hash else _lr_factor(step, steps, final, 0.0)
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * factor
             weights = None
             if c2f_steps > 0:
+                n_levels = motion.net.n_levels
                 weights = level_weights(min(1.0, (done + 1) / c2f_steps) * n_levels, n_levels).to(device)
             idx = torch.randint(n_fixed, (n_batch,), generator=generator, device=device) if n_batch < n_fixed else None
             fixed_mm = pair.fixed_points_mm if idx is None else pair.fixed_points_mm[idx]
             fixed_val = fixed_values if idx is None else fixed_values[idx]
-            moved_voxel = apply_affine(pair.moving_voxel_from_mm, motion(fixed_mm, weights).to(torch.float32))
+            moved_mm = motion(fixed_mm, weights) if is_hash else motion(fixed_mm)
+            moved_voxel = apply_affine(pair.moving_voxel_from_mm, moved_mm.to(torch.float32))
             inside = ((moved_voxel >= 0) & (moved_voxel <= moving_shape - 1)).all(1)
             moving_val = sample_image(moving, moved_voxel[inside])[:, 0]
-            loss = mapped_l2(moving_val, fixed_val[inside], bins, robust_scale=robust)
-            if refine["symmetric"]:
-                loss = 0.5 * (loss + mapped_l2(fixed_val[inside], moving_val, bins, robust_scale=robust,
-                                               variance_gradient=True))
-            total = loss + _motion_penalty(motion, pair.box.to_unit(fixed_mm[:_PENALTY_POINTS]), stage, weights)
+            loss = _similarity_loss(moving_val, fixed_val[inside], refine, variance_gradient=is_hash)
+            total = loss
+            if is_hash:
+                total = total + _motion_penalty(motion, pair.box.to_unit(fixed_mm[:_PENALTY_POINTS]), stage, weights)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()

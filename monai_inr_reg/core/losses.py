@@ -5,8 +5,9 @@ channel by the real moving image seen through a fitted intensity map ``g``: the 
 ``mean((g(M(phi(x))) - F(x))^2)``, with ``g`` piecewise linear in the moving intensity and refitted
 in closed form every iteration (the correlation ratio of the classical literature). Used
 symmetrically (also ``h(F(x)) ~ M(phi(x))``) it needs neither direction to be a function.
-The deformable refinement bounds each residual (``robust_scale``, Geman-McClure) so that tissue
-present in one image only cannot drag the field.
+With ``robust_scale`` each residual is bounded (Geman-McClure), so that tissue present in one
+image only cannot drag the field. The deformable refinement's default data term is the mutual
+information (:func:`mutual_information`), measured better for single- and multi-modal fields.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["hat_basis", "fit_intensity_map", "mapped_l2", "gaussian_smooth"]
+__all__ = ["hat_basis", "fit_intensity_map", "mapped_l2", "mutual_information", "gaussian_smooth"]
 
 
 def hat_basis(values: torch.Tensor, n_bins: int) -> torch.Tensor:
@@ -63,6 +64,26 @@ def mapped_l2(source: torch.Tensor, target: torch.Tensor, n_bins: int, *, robust
         c2 = float(robust_scale) ** 2
         squared = c2 * squared / (squared + c2)
     return squared.mean()
+
+
+def mutual_information(a: torch.Tensor, b: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """Mutual information (nats) of paired intensities ``a``, ``b`` ``(P,)`` (normalised, about ``[0, 1]``).
+
+    The joint histogram is a Parzen estimate with the hat windows of :func:`hat_basis` on ``n_bins``
+    knots (Mattes et al.'s estimator with a linear kernel): ``p(i, j) = mean_p hat_i(a_p) hat_j(b_p)``,
+    ``MI = sum p(i, j) log(p(i, j) / (p(i) p(j)))``. Differentiable in both ``a`` and ``b``; symmetric;
+    no functional relation between the contrasts is assumed (the deformable refinement's data term).
+
+    Returns:
+        0-d tensor ``>= 0`` (0 for independent intensities).
+    """
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"mutual_information(): 'a' and 'b' must be 1-D of the same length, got {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
+    joint = hat_basis(a, n_bins).T @ hat_basis(b, n_bins) / max(a.shape[0], 1)
+    p_a, p_b = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
+    eps = 1e-10
+    return (joint * ((joint + eps).log() - (p_a + eps).log() - (p_b + eps).log())).sum()
 
 
 def gaussian_smooth(image: torch.Tensor, sigma_voxels: float) -> torch.Tensor:
