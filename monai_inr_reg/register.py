@@ -300,6 +300,18 @@ def _similarity_loss(moving_val: torch.Tensor, fixed_val: torch.Tensor, refine: 
     return loss
 
 
+def _refine_points(motion, refine: dict) -> int:
+    """Fixed points per refinement iteration: ``refine.fixed_points``, and for a hash motion at least
+    one per stored entry of its finest level (``min((R + 1)^D, 2^log2_hashmap_size)``), so that every
+    entry gets a gradient about every iteration (3D brains: 300 x 4096 points gave Dice 0.69,
+    300 x 16384 0.72; 2D: no change)."""
+    points = int(refine["fixed_points"])
+    if isinstance(motion, HashMotion):
+        spec = motion.net.encoding.spec
+        points = max(points, spec.sizes[-1])
+    return points
+
+
 def _refine(pair: _Pair, motion, name: str, config: dict, *, generator: torch.Generator, bar,
             history: list[float]) -> None:
     """Final stage: the same motion, the image net replaced by the real moving image under a fitted
@@ -334,7 +346,7 @@ def _refine(pair: _Pair, motion, name: str, config: dict, *, generator: torch.Ge
     optimizer = torch.optim.Adam(groups)
     device = pair.fixed_values.device
     n_fixed = pair.fixed_values.shape[0]
-    n_batch = min(int(refine["fixed_points"]), n_fixed)
+    n_batch = min(_refine_points(motion, refine), n_fixed)
     final = float(refine["final_learning_rate_factor"])
     warmup = float(stage["warmup"]) if fresh else 0.0
     c2f_steps = float(stage["coarse_to_fine_share"]) * iterations if fresh else 0.0

@@ -60,24 +60,24 @@ def check(result, fixed, truth, *, min_reduction: float):
 
 def test_3d_smooth_warp_end_point_error_reduced_by_70_percent():
     # issue 2 acceptance. Whole preset (rigid -> affine -> deformable) at half the iterations:
-    # measured 1.35 -> 0.23 voxel (83 %), no folding, ~7 s on one core.
+    # measured 1.35 -> 0.22 voxel (84 %), no folding, ~9 s on one core (32^3: 58 %, information-limited).
     fixed, moving, truth = warped_pair((48, 48, 48), 2.0)
     result = register(fixed, moving, "deformable", seed=0, progress=False, iterations_scale=0.5)
     check(result, fixed, truth, min_reduction=0.7)
 
 
 def test_2d_single_modal_smooth_warp():
-    # deformable part alone (no prealign): measured 2.31 -> 0.13 px (94 %), ~3 s
+    # deformable part alone (no prealign): measured 2.31 -> 0.19 px (92 %), ~3 s
     fixed, moving, truth = warped_pair((96, 96), 2.5)
     result = register(fixed, moving, "deformable", seed=0, progress=False, prealign=[])
     check(result, fixed, truth, min_reduction=0.85)
 
 
 def test_2d_multi_modal_smooth_warp():
-    # inverted, non-monotone contrast; measured 2.31 -> 0.27 px (88 %), ~3 s
+    # inverted, non-monotone contrast (mutual information): measured 2.31 -> 0.16 px (93 %), ~3 s
     fixed, moving, truth = warped_pair((96, 96), 2.5)
     result = register(fixed, non_monotone(moving), "multimodal-deformable", seed=0, progress=False, prealign=[])
-    check(result, fixed, truth, min_reduction=0.75)
+    check(result, fixed, truth, min_reduction=0.85)
 
 
 def test_image_net_deformable_stage_runs_and_helps():
@@ -88,7 +88,7 @@ def test_image_net_deformable_stage_runs_and_helps():
                       deformable={"iterations": 150}, refine={"iterations": 100})
     assert [name for name, _ in result.stage_ends] == ["deformable", "refine"]
     assert result.stage_ends[0][1] == 150 and result.stage_ends[1][1] == 250
-    check(result, fixed, truth, min_reduction=0.5)
+    check(result, fixed, truth, min_reduction=0.5)  # measured 1.83 -> 0.35 px (81 %)
 
 
 def test_robust_mapped_l2_bounds_outliers():
@@ -127,3 +127,37 @@ def test_folding_penalty_acts_only_where_the_map_folds():
     mirror = torch.diag(torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64))  # det = -1 everywhere
     folded = HashMotion(box, stage["encoding"], {"n_neurons": 16, "n_hidden_layers": 1}, mirror)
     assert float(_motion_penalty(folded, points, stage, None)) == pytest.approx(2.0 * (0.1 + 1.0), rel=1e-5)
+
+
+def test_mutual_information_sees_non_monotone_contrasts():
+    from monai_inr_reg.core.losses import mutual_information
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(8192, generator=gen)
+    mapped = non_monotone(a)  # same structure, other contrast (not a monotone function)
+    shuffled = mapped[torch.randperm(8192, generator=gen)]  # same histogram, no correspondence
+    aligned, unrelated = float(mutual_information(mapped, a, 16)), float(mutual_information(shuffled, a, 16))
+    assert aligned > 1.2 and unrelated < 0.05, (aligned, unrelated)  # measured 1.57 and 0.006 nats
+    assert float(mutual_information(a, mapped, 16)) == pytest.approx(aligned, rel=1e-5)  # symmetric
+    values = a.clone().requires_grad_(True)
+    mutual_information(values, mapped, 16).backward()
+    assert torch.isfinite(values.grad).all() and float(values.grad.abs().sum()) > 0
+
+
+def test_refinement_points_cover_the_finest_motion_level():
+    from monai_inr_reg.core.grid import ImageGrid, NormalisedBox
+    from monai_inr_reg.motion import HashMotion
+    from monai_inr_reg.register import _refine_points
+
+    encoding = {"n_levels": 8, "base_resolution": 4, "finest_resolution": 64, "log2_hashmap_size": 14}
+    refine = {"fixed_points": 4096}
+    for ndim, expected in ((2, 65 * 65), (3, 2 ** 14)):  # dense 65^2 vertices in 2D; the 2^14 table in 3D
+        grid = ImageGrid.from_ras_affine((8,) * ndim, None)
+        motion = HashMotion(NormalisedBox.around(grid, grid), encoding, {"n_neurons": 16, "n_hidden_layers": 1})
+        assert _refine_points(motion, refine) == expected
+
+
+def test_unknown_refinement_metric_is_named():
+    fixed, moving, _ = warped_pair((24, 24), 1.0)
+    with pytest.raises(ValueError, match="refine.metric"):
+        register(fixed, moving, "deformable", progress=False, prealign=[], refine={"metric": "ncc"})

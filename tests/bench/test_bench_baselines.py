@@ -32,8 +32,8 @@ def test_ants_rigid_recovers_translation_with_its_sign(pair_2d):
     assert torch.allclose(found[:2, 2], torch.tensor([3.0, -2.0], dtype=torch.float64), atol=0.1)
     true, moving = _moved(pair_2d, 6.0, (2.0, 1.0))
     found = ants_rigid(pair_2d.fixed, pair_2d.grid, moving, pair_2d.grid, metric="mattes")
-    # MI on a tiny image is less exact (0.45-1.1 mm here, by seed and threads); a sign or frame error costs > 8 mm
-    assert bm.corner_error(pair_2d.grid, true, matrix_mm=found)["corner_error_mm"] < 2.0
+    # MI on a tiny image is less exact (0.45-2.1 mm here, by seed, threads and load); a sign or frame error costs > 8 mm
+    assert bm.corner_error(pair_2d.grid, true, matrix_mm=found)["corner_error_mm"] < 4.0
 
 
 def test_ants_rigid_on_oblique_grid_matches_physical_truth(pair_2d):
