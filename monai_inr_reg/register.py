@@ -195,6 +195,15 @@ def _motion_penalty(motion: HashMotion, points_unit: torch.Tensor, stage: dict, 
     return total
 
 
+def _adam(groups: list[dict]) -> torch.optim.Adam:
+    """Adam with the fused kernel where this torch has it (CPU: torch >= 2.4): one pass over each
+    parameter instead of a dozen, 2x faster steps on the hash tables (measured 0.9 vs 2.2 ms)."""
+    try:
+        return torch.optim.Adam(groups, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(groups)
+
+
 _PENALTY_POINTS = 1024  # regulariser points per iteration (a subset of the iteration's fixed points)
 
 
@@ -217,7 +226,7 @@ def _run_stage(pair: _Pair, image_net: CoordinateNet, motion, name: str, config:
         groups.append({"params": list(motion.net.network_parameters()), "lr": float(stage["learning_rate"]["network"]), "scale": True})
     for g in groups:
         g["base_lr"] = g["lr"]
-    optimizer = torch.optim.Adam(groups)
+    optimizer = _adam(groups)
 
     c2f = config["coarse_to_fine"]
     c2f_steps = float(c2f["share"]) * iterations if (c2f["enabled"] and fresh_image_net) else 0.0
@@ -343,7 +352,7 @@ def _refine(pair: _Pair, motion, name: str, config: dict, *, generator: torch.Ge
     groups = _motion_groups(motion, name, stage, float(refine["learning_rate_factor"]))
     for g in groups:
         g["base_lr"] = g["lr"]
-    optimizer = torch.optim.Adam(groups)
+    optimizer = _adam(groups)
     device = pair.fixed_values.device
     n_fixed = pair.fixed_values.shape[0]
     n_batch = min(_refine_points(motion, refine), n_fixed)
@@ -397,6 +406,19 @@ def _dense_ddf_mm(motion, pair: _Pair, fixed_grid: ImageGrid, chunk: int = 1 << 
     return torch.cat(pieces).T.reshape((fixed_grid.ndim,) + fixed_grid.shape).cpu()
 
 
+def _initial_matrix(pair: _Pair, fixed_grid: ImageGrid, moving_grid: ImageGrid, config: dict) -> torch.Tensor | None:
+    """Start of the first stage, ``(D + 1, D + 1)`` float64 fixed LPS mm -> moving LPS mm, or None
+    (identity). ``center_of_mass``: the translation that puts the fixed image's intensity-weighted
+    centre (normalised intensities) on the moving image's, as ANTs' and ITK's moments initialisers
+    do. Large translations are where the image-net stage can lose the pair (BrainWeb, 8 deg and
+    13 px: the motion ran 45 px the wrong way while only the coarsest hash levels were on)."""
+    if config["initial_alignment"] == "none":
+        return None
+    matrix = torch.eye(fixed_grid.ndim + 1, dtype=torch.float64)
+    matrix[:-1, -1] = moving_grid.center_of_mass_mm(pair.moving) - fixed_grid.center_of_mass_mm(pair.fixed)
+    return matrix
+
+
 def _make_motion(name: str, pair: _Pair, config: dict, init: torch.Tensor | None, device):
     if name == "rigid":
         return RigidMotion(pair.center_mm, pair.box.scale_mm(), init).to(device)
@@ -446,7 +468,7 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
         generator = torch.Generator(device=device).manual_seed(seed)
         image_net = CoordinateNet(pair.ndim, 2 if config["multimodal"] else 1, config["image"]["encoding"],
                                   config["image"]["network"]).to(device)
-        matrix = None
+        matrix = _initial_matrix(pair, fixed_grid, moving_grid, config)
         motion = None
         for index, name in enumerate(stages):
             motion = _make_motion(name, pair, config, matrix, device)

@@ -136,6 +136,19 @@ class ImageGrid:
         """Physical centre of the grid, float64 ``(D,)``, LPS mm."""
         return self.corners_mm().mean(0)
 
+    def center_of_mass_mm(self, image: torch.Tensor) -> torch.Tensor:
+        """Intensity-weighted centre of an image on this grid, float64 ``(D,)``, LPS mm.
+
+        Args:
+            image: ``(1, *S)`` or ``(*S)``; negative values weigh 0. An image with no positive
+                value has the grid centre.
+        """
+        weights = image.detach().reshape(-1).to(torch.float64).clamp_min(0).cpu()
+        total = float(weights.sum())
+        if not total > 0:
+            return self.center_mm()
+        return (weights @ self.mm_points(dtype=torch.float64)) / total
+
     def downsampled(self, factor: float) -> "ImageGrid":
         """A coarser grid over the same physical extent (voxel centres span the same corners)."""
         if factor <= 1:

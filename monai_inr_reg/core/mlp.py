@@ -97,5 +97,8 @@ def mlp_forward(features: torch.Tensor, weights: list[torch.Tensor], biases: lis
     n = len(weights)
     for i, (w, b) in enumerate(zip(weights, biases)):
         h = F.linear(h, w, b)
-        h = hidden(h) if i < n - 1 else last(h)
+        if i < n - 1 and spec.activation == "ReLU":
+            h = F.relu_(h)  # in place: linear's backward does not need its output; saves a (P, width) buffer
+        else:
+            h = hidden(h) if i < n - 1 else last(h)
     return h

@@ -120,3 +120,20 @@ def test_downsampled_grid_keeps_corners():
     coarse = grid.downsampled(2)
     assert coarse.shape == (11, 21)
     assert torch.allclose(coarse.corners_mm(), grid.corners_mm())
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_center_of_mass_is_the_physical_position_of_a_single_bright_voxel(ndim):
+    grid = ImageGrid.from_ras_affine((7, 9, 5)[:ndim], oblique_affine_ras(ndim))
+    image = torch.zeros((1,) + grid.shape)
+    voxel = (5, 2, 3)[:ndim]
+    image[(0,) + voxel] = 4.0
+    image[(0,) + (0,) * ndim] = -9.0  # negative intensities weigh nothing
+    expected = grid.voxel_to_mm(torch.tensor([voxel], dtype=torch.float64))[0]
+    assert torch.allclose(grid.center_of_mass_mm(image), expected, atol=1e-9)
+    # two equal voxels: the midpoint; an empty image: the grid centre
+    other = (1, 7, 0)[:ndim]
+    image[(0,) + other] = 4.0
+    both = grid.voxel_to_mm(torch.tensor([voxel, other], dtype=torch.float64)).mean(0)
+    assert torch.allclose(grid.center_of_mass_mm(image), both, atol=1e-9)
+    assert torch.allclose(grid.center_of_mass_mm(torch.zeros(grid.shape)), grid.center_mm())
