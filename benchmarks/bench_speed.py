@@ -5,7 +5,7 @@ without the data) and a 3D pair (the two 160x192x224 brains of 3d-brain-aseg, or
 of that size), with ANTs on the same pair in the same run when ``--with-ants`` (ratios, not absolute
 times, are what compare across noisy machines). Run by hand; record results in docs/benchmarks.md.
 
-    python benchmarks/bench_speed.py --threads 2 --with-ants
+    python benchmarks/bench_speed.py --threads 2 --with-ants --ants-3d SyN,SyNCC --profile
 """
 
 from __future__ import annotations
@@ -85,6 +85,17 @@ def ants_seconds(fixed: torch.Tensor, moving: torch.Tensor, transform: str, **kw
     return time.perf_counter() - start
 
 
+def profile_table(fixed, moving, preset: str, rows: int = 12) -> str:
+    """Where the time of one registration goes: the ``rows`` costliest operators (torch profiler, self CPU time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from monai_inr_reg import register
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        register(fixed, moving, preset, seed=0, progress=False)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
 def run_case(label: str, fixed, moving, preset: str, overrides: dict) -> dict:
     from monai_inr_reg import register
 
@@ -109,6 +120,10 @@ def main(argv=None) -> None:
     parser.add_argument("--with-ants", action="store_true", help="time ANTs on the same pairs (3D SyN takes minutes)")
     parser.add_argument("--dims", default="2,3")
     parser.add_argument("--iterations-scale-3d", type=float, default=1.0)
+    parser.add_argument("--ants-3d", default="SyN",
+                        help="comma-separated 3D ANTs baselines: SyN (default, Mattes MI) and/or SyNCC "
+                             "(syn_metric='CC', syn_sampling=2: minutes per pair)")
+    parser.add_argument("--profile", action="store_true", help="print the costliest operators of the 2D registration")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(args.threads))
@@ -130,12 +145,19 @@ def main(argv=None) -> None:
         row["ants"] = ants_seconds(fixed, moving, "Rigid", aff_metric="mattes") if args.with_ants else None
         row["ants_name"] = "ANTs Rigid (Mattes MI)"
         rows.append(row)
+        if args.profile:
+            print(f"\nprofile of {label}, multimodal-rigid:\n\n```\n{profile_table(fixed, moving, 'multimodal-rigid')}```")
     if 3 in dims:
         label, fixed, moving = pair_3d(args.data_dir)
         row = run_case(label, fixed, moving, "deformable", {"iterations_scale": args.iterations_scale_3d})
-        row["ants"] = ants_seconds(fixed, moving, "SyN") if args.with_ants else None
-        row["ants_name"] = "ANTs SyN (default, MI)"
-        rows.append(row)
+        baselines = {"SyN": ("ANTs SyN (default, MI)", {}),
+                     "SyNCC": ("ANTs SyN (CC, syn_sampling=2)", {"syn_metric": "CC", "syn_sampling": 2})}
+        for name in args.ants_3d.split(","):
+            if name not in baselines:
+                parser.error(f"--ants-3d: unknown baseline {name!r}; choose from {list(baselines)}")
+            title, kwargs = baselines[name]
+            rows.append({**row, "ants": ants_seconds(fixed, moving, "SyN", **kwargs) if args.with_ants else None,
+                         "ants_name": title})
 
     print("\n| case | preset | iterations | ms / iteration by stage | field s | total s | peak MiB | ANTs s | ours / ANTs |")
     print("|---|---|---|---|---|---|---|---|---|")
