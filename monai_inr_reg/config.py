@@ -15,12 +15,13 @@ from typing import Any
 
 import yaml
 
-__all__ = ["load_preset", "list_presets", "merge_overrides", "nested_overrides", "MOTIONS", "INITIAL_ALIGNMENTS", "PARAMETRIC_MOTIONS", "HASH_MOTIONS"]
+__all__ = ["load_preset", "list_presets", "merge_overrides", "nested_overrides", "MOTIONS", "INITIAL_ALIGNMENTS", "REFINE_METRICS", "PARAMETRIC_MOTIONS", "HASH_MOTIONS"]
 
 PARAMETRIC_MOTIONS = ("rigid", "affine")
 HASH_MOTIONS = ("deformable", "near_rigid")
 MOTIONS = PARAMETRIC_MOTIONS + HASH_MOTIONS
 INITIAL_ALIGNMENTS = ("center_of_mass", "none")
+REFINE_METRICS = ("mapped_l2", "mutual_information")
 
 # Sections whose inner keys are free-form tiny-cuda-nn dicts (validated by the network builders).
 _FREE_FORM = {"encoding", "network"}
@@ -123,5 +124,8 @@ def _validate(config: dict) -> None:
     if config["initial_alignment"] not in INITIAL_ALIGNMENTS:
         raise ValueError(f"load_preset(): 'initial_alignment' must be one of {INITIAL_ALIGNMENTS}, "
                          f"got {config['initial_alignment']!r}")
+    if config["refine"]["metric"] not in REFINE_METRICS:
+        raise ValueError(f"load_preset(): 'refine.metric' must be one of {REFINE_METRICS}, "
+                         f"got {config['refine']['metric']!r}")
     if config["multimodal"] not in (True, False):
         raise ValueError(f"load_preset(): 'multimodal' must be true or false, got {config['multimodal']!r}")

@@ -283,9 +283,6 @@ def _motion_groups(motion, name: str, stage: dict, factor: float = 1.0) -> list[
             {"params": list(motion.net.network_parameters()), "lr": factor * float(lr["network"])}]
 
 
-REFINE_METRICS = ("mapped_l2", "mutual_information")
-
-
 def _similarity_loss(moving_val: torch.Tensor, fixed_val: torch.Tensor, refine: dict, *,
                      variance_gradient: bool) -> torch.Tensor:
     """The refinement's data term (lower is better) at paired intensities ``(P,)``.
@@ -299,8 +296,6 @@ def _similarity_loss(moving_val: torch.Tensor, fixed_val: torch.Tensor, refine: 
     metric = refine["metric"]
     if metric == "mutual_information":
         return -mutual_information(moving_val, fixed_val, bins)
-    if metric != "mapped_l2":
-        raise ValueError(f"register(): 'refine.metric' must be one of {REFINE_METRICS}, got {metric!r}")
     robust = float(refine["robust_scale"])
     loss = mapped_l2(moving_val, fixed_val, bins, robust_scale=robust)
     if refine["symmetric"]:
