@@ -354,6 +354,7 @@ def _refine(pair: _Pair, motion, name: str, config: dict, *, generator: torch.Ge
     final = float(refine["final_learning_rate_factor"])
     warmup = float(stage["warmup"]) if fresh else 0.0
     c2f_steps = float(stage["coarse_to_fine_share"]) * iterations if fresh else 0.0
+    n_levels = motion.net.n_levels if fresh else 0
     moving_shape = torch.tensor(pair.moving.shape[1:], device=device, dtype=torch.float32)
     per_level = [iterations // len(sigmas) + (i < iterations % len(sigmas)) for i in range(len(sigmas))]
     done = 0
@@ -366,7 +367,6 @@ def _refine(pair: _Pair, motion, name: str, config: dict, *, generator: torch.Ge
                 g["lr"] = g["base_lr"] * factor
             weights = None
             if c2f_steps > 0:
-                n_levels = motion.net.n_levels
                 weights = level_weights(min(1.0, (done + 1) / c2f_steps) * n_levels, n_levels).to(device)
             idx = torch.randint(n_fixed, (n_batch,), generator=generator, device=device) if n_batch < n_fixed else None
             fixed_mm = pair.fixed_points_mm if idx is None else pair.fixed_points_mm[idx]
