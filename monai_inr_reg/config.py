@@ -127,5 +127,12 @@ def _validate(config: dict) -> None:
     if config["refine"]["metric"] not in REFINE_METRICS:
         raise ValueError(f"load_preset(): 'refine.metric' must be one of {REFINE_METRICS}, "
                          f"got {config['refine']['metric']!r}")
+    factor = config["refine"]["learning_rate_factor"]
+    if isinstance(factor, (list, tuple)) and len(factor) != len(config["refine"]["sigma_voxels"]):
+        raise ValueError(f"load_preset(): 'refine.learning_rate_factor' must be one number or one per "
+                         f"'refine.sigma_voxels' entry ({len(config['refine']['sigma_voxels'])}), got {factor!r}")
+    if config["refine"]["also_from_start"] not in (True, False):
+        raise ValueError(f"load_preset(): 'refine.also_from_start' must be true or false, "
+                         f"got {config['refine']['also_from_start']!r}")
     if config["multimodal"] not in (True, False):
         raise ValueError(f"load_preset(): 'multimodal' must be true or false, got {config['multimodal']!r}")

@@ -43,6 +43,9 @@ class RegistrationResult:
         loss_history: loss per iteration, all stages concatenated.
         stage_ends: index into ``loss_history`` where each stage ended, with its name.
         stage_seconds: wall time per stage (set-up counts toward the first; ``"field"``: the dense output field).
+        refined_from_start: the refinement's first level, run from both the image-net stages' result
+            and the initial alignment (``refine.also_from_start``), ended better from the initial
+            alignment, which the result then continued from (the image-net stages were dropped).
         config: the full configuration used (preset merged with overrides).
     """
 
@@ -57,6 +60,7 @@ class RegistrationResult:
     loss_history: list[float] = field(default_factory=list)
     stage_ends: list[tuple[str, int]] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    refined_from_start: bool = False
     config: dict[str, Any] = field(default_factory=dict)
 
     @property

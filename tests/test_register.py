@@ -55,6 +55,25 @@ def test_large_translation_starts_from_the_centres_of_mass(fixed2d):
     assert torch.allclose(interior_mean(result.ddf), torch.tensor([12.0, -11.0]), atol=0.5), interior_mean(result.ddf)
 
 
+def test_run_away_stage_is_dropped_for_the_start(fixed2d):
+    """A rigid image-net stage driven off by a learning rate 100x too high: with
+    ``refine.also_from_start`` the refinement's first level also runs from the initial alignment,
+    which ends better and is kept, and the shift is recovered; without it, it is not (the second
+    candidate is what rescues the pair). A sound stage is kept."""
+    moving = shifted(fixed2d, (3.0, -2.0))
+    # the refinement's learning rate is a factor of the stage's: keep it at the preset's 3e-3
+    wild = {"rigid": {"learning_rate": 1.0, "final_learning_rate": 1.0, "warmup": 0.0}, **FAST}
+    rescued = register(fixed2d, moving, "rigid", seed=0, refine={"learning_rate_factor": 3e-3}, **wild)
+    assert rescued.refined_from_start
+    assert torch.allclose(interior_mean(rescued.ddf), torch.tensor([3.0, -2.0]), atol=0.5), interior_mean(rescued.ddf)
+    lost = register(fixed2d, moving, "rigid", seed=0, refine={"learning_rate_factor": 3e-3, "also_from_start": False},
+                    **wild)
+    assert not lost.refined_from_start
+    assert (interior_mean(lost.ddf) - torch.tensor([3.0, -2.0])).abs().max() > 2.0, interior_mean(lost.ddf)
+    sound = register(fixed2d, shifted(fixed2d, (9.0, -2.0)), "rigid", seed=0, initial_alignment="none", **FAST)
+    assert not sound.refined_from_start  # 9 px from the identity start: the stage's result is the better one
+
+
 def test_rigid_preset_is_exactly_rigid(fixed2d):
     angle = math.radians(6.0)
     grid = ImageGrid.from_ras_affine((64, 64), None)
@@ -146,7 +165,11 @@ def test_singular_affine_and_missing_file_are_named(tmp_path):
                                            ({"preset": "rigid", "rigid": {"lr": 1}}, "unknown option 'rigid.lr'"),
                                            ({"preset": "rigid", "motion": "elastic"}, "'motion' must be one of"),
                                            ({"preset": "rigid", "initial_alignment": "moments"},
-                                            "'initial_alignment' must be one of")])
+                                            "'initial_alignment' must be one of"),
+                                           ({"preset": "rigid", "refine": {"also_from_start": "yes"}},
+                                            "'refine.also_from_start' must be true or false"),
+                                           ({"preset": "rigid", "refine": {"learning_rate_factor": [0.3, 0.1]}},
+                                            r"one per 'refine.sigma_voxels' entry \(4\)")])
 def test_bad_options_fail_before_work(kwargs, match):
     with pytest.raises(ValueError, match=match):
         register(torch.rand(1, 8, 8), torch.rand(1, 8, 8), **kwargs)

@@ -194,8 +194,10 @@ def run_rigid_levels(opts: SuiteOptions) -> dict:
                 else:
                     rec.update(corner_error_mm=math.nan, relative_error=math.nan, success=False)
                 records.append(rec)
+                from_start = rec.get("info", {}).get("refined_from_start")
                 opts.say(f"  L{case.level} #{case.index} {name}: rel {rec['relative_error']:.4f} "
-                         f"{'ok' if rec['success'] else 'FAIL'} {rec.get('seconds', math.nan):.2f} s")
+                         f"{'ok' if rec['success'] else 'FAIL'} {rec.get('seconds', math.nan):.2f} s"
+                         + (" (refined from the start)" if from_start else ""))
             if qc_done < opts.qc and case.level == max(c.level for c in cases) and outputs:
                 qc_done += 1
                 _qc(opts, f"rigid-levels_{dataset}_{'multi' if multimodal else 'single'}_L{case.level}_{case.index}",
@@ -206,7 +208,9 @@ def run_rigid_levels(opts: SuiteOptions) -> dict:
               "ours-rigid: preset multimodal-rigid / rigid; ours-near-rigid: same preset with motion=near_rigid "
               "(scored at the corner voxels of its field; 'fit' = affine least-squares fit inside the brain mask)",
               "corner error: mean distance of the 4 corner pixel centres under recovered vs true map, / width "
-              "(PNG columns); success < 0.02"]
+              "(PNG columns); success < 0.02",
+              "from start: pairs where our refinement's first level ended better from the initial alignment "
+              "than from the image-net stage, and continued from there (refine.also_from_start)"]
     return {"suite": "rigid-levels", "notes": notes, "cases": records, "tables": "\n\n".join(tables)}
 
 
@@ -223,7 +227,8 @@ def _fit_in_mask(ddf_mm: torch.Tensor, grid: ImageGrid, mask: np.ndarray) -> tor
 
 def _rigid_table(records: list[dict], names: list[str], multimodal: bool) -> str:
     levels = sorted({r["level"] for r in records})
-    headers = ["method"] + [f"L{lv} success" for lv in levels] + [f"L{lv} mean rel. err" for lv in levels] + ["s/pair"]
+    headers = (["method"] + [f"L{lv} success" for lv in levels] + [f"L{lv} mean rel. err" for lv in levels]
+               + ["s/pair", "start kept"])
     rows = []
     for name in names:
         mine = [r for r in records if r["method"] == name]
@@ -233,7 +238,10 @@ def _rigid_table(records: list[dict], names: list[str], multimodal: bool) -> str
             k = sum(bool(r["success"]) for r in at)
             succ.append(f"{k}/{len(at)} ({100.0 * k / max(len(at), 1):.0f} %)")
             err.append(_mean([r["relative_error"] for r in at]))
-        rows.append([method_label(name, multimodal=multimodal)] + succ + err + [_mean([r.get("seconds") for r in mine])])
+        # ours: pairs whose refinement continued from the initial alignment (refine.also_from_start)
+        kept = [bool(r["info"]["refined_from_start"]) for r in mine if "refined_from_start" in r.get("info", {})]
+        rows.append([method_label(name, multimodal=multimodal)] + succ + err + [_mean([r.get("seconds") for r in mine])]
+                    + [f"{sum(kept)}/{len(kept)}" if kept else "-"])
     return markdown_table(headers, rows)
 
 

@@ -37,9 +37,45 @@ def fit_intensity_map(basis: torch.Tensor, target: torch.Tensor, ridge: float = 
     return coef.to(basis.dtype)
 
 
+def _hat_cells(values: torch.Tensor, n_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cell and position of ``values`` ``(P,)`` among the knots of :func:`hat_basis`: ``(index, frac)``,
+    ``index`` (int64, ``0 .. n_bins - 2``) the lower knot, ``frac`` in ``[0, 1]`` (differentiable in
+    ``values``, zero gradient where clamped). ``hat_basis(values)[p]`` is ``1 - frac`` at ``index``,
+    ``frac`` at ``index + 1`` and zero elsewhere."""
+    x = values.clamp(0.0, 1.0) * (n_bins - 1)
+    lower = x.detach().floor().clamp_(max=n_bins - 2)
+    return lower.long(), x - lower
+
+
+def _fit_and_map(source: torch.Tensor, target: torch.Tensor, n_bins: int, ridge: float = 1e-3) -> torch.Tensor:
+    """``g(source)`` ``(P,)``, ``g`` the piecewise-linear map of :func:`fit_intensity_map` on :func:`hat_basis`,
+    without the ``(P, n_bins)`` basis: the Gram matrix of hats is tridiagonal, so it and the right-hand
+    side are five bincounts (the same solution, about 10x fewer operations per point). Differentiable
+    in ``source``; ``g`` itself carries no gradient."""
+    index, frac = _hat_cells(source, n_bins)
+    with torch.no_grad():
+        up = frac.detach().to(torch.float64)
+        down = 1.0 - up
+        t = target.detach().to(torch.float64)
+        upper = index + 1
+        def hist(where, weight):  # float64 even for no points (bincount then returns int64)
+            return torch.bincount(where, weight, n_bins).to(torch.float64)
+
+        diag = hist(index, down * down) + hist(upper, up * up)
+        off = hist(index, down * up)[:-1]
+        rhs = hist(index, down * t) + hist(upper, up * t)
+        diag = diag + ridge * max(float(source.shape[0]), 1.0) / n_bins
+        gram = torch.diag(diag) + torch.diag(off, 1) + torch.diag(off, -1)
+        coef = torch.linalg.solve(gram, rhs).to(source.dtype)
+    return coef.index_select(0, index) * (1.0 - frac) + coef.index_select(0, index + 1) * frac
+
+
 def mapped_l2(source: torch.Tensor, target: torch.Tensor, n_bins: int, *, robust_scale: float = 0.0,
               variance_gradient: bool = False) -> torch.Tensor:
     """``mean((g(source) - target)^2) / var(target)`` with ``g`` the best piecewise-linear map (refitted).
+
+    ``g`` is the least-squares map of :func:`fit_intensity_map` on the :func:`hat_basis` of ``source``
+    (computed without forming that basis).
 
     Args:
         source, target: ``(P,)`` intensities (normalised, about ``[0, 1]``) at the same points.
@@ -56,10 +92,8 @@ def mapped_l2(source: torch.Tensor, target: torch.Tensor, n_bins: int, *, robust
     Returns:
         0-d tensor, differentiable in ``source`` and ``target`` (``g`` itself carries no gradient).
     """
-    basis = hat_basis(source, n_bins)
-    coef = fit_intensity_map(basis, target)
     var = (target if variance_gradient else target.detach()).var().clamp_min(1e-8)
-    squared = (basis @ coef - target).pow(2) / var
+    squared = (_fit_and_map(source, target, n_bins) - target).pow(2) / var
     if robust_scale > 0:
         c2 = float(robust_scale) ** 2
         squared = c2 * squared / (squared + c2)

@@ -196,6 +196,58 @@ void forward_impl(const T* X, const T* params, const T* weights, T* out, int64_t
   });
 }
 
+// Backward of one run of levels over points [b0, b1): table gradients (this task is their only
+// writer) and the coordinate gradient accumulated into gx. DENSE is a template parameter so that
+// hashed levels get a compile-time feature stride of 1 (measured: backward 10 % faster; the same
+// treatment of the forward pass gained nothing and changed its rounding, so it is left as it was).
+template <typename T, int D, int FT, bool DENSE>
+inline void backward_group(const T* G, const T* X, const T* params, const T* weights, T* grad_params, T* gx,
+                           int64_t b0, int64_t b1, const std::vector<int64_t>& group, const std::vector<Level>& levels,
+                           const Level& L0, int64_t F, int64_t width, uint32_t mask) {
+  Corners<T, D> cs;
+  T g[FT > 0 ? FT : kMaxFeatures];
+  const T res = static_cast<T>(L0.res);
+  const int64_t fstride = DENSE ? L0.fstride : 1;
+  for (int64_t p = b0; p < b1; ++p) {
+    bool located = false;
+    T v[1 << D];
+    for (int c = 0; c < (1 << D); ++c) v[c] = T(0);
+    for (int64_t l : group) {
+      const T wl = weights[l];
+      bool any = false;
+      for (int64_t f = 0; f < F; ++f) {
+        g[f] = G[p * width + l * F + f] * wl;
+        any = any || g[f] != T(0);
+      }
+      if (!any) continue;
+      if (!located) {
+        cs.compute(X + p * D, L0, mask);
+        located = true;
+      }
+      const int64_t delta = levels[l].offset - L0.offset;
+#pragma GCC unroll 8
+      for (int c = 0; c < (1 << D); ++c) {
+        const int64_t r = cs.row[c] + delta;
+        if (grad_params) {
+          const T w = cs.weight[c];
+          for (int64_t f = 0; f < F; ++f) grad_params[r + f * fstride] += w * g[f];
+        }
+        if (gx) {
+          T acc = T(0);
+          for (int64_t f = 0; f < F; ++f) acc += g[f] * params[r + f * fstride];
+          v[c] += acc;
+        }
+      }
+    }
+    if (gx && located) {
+      T gfrac[D];
+      cs.frac_gradient(v, gfrac);
+      for (int d = 0; d < D; ++d)
+        if (cs.inside[d]) gx[p * D + d] += gfrac[d] * res;
+    }
+  }
+}
+
 template <typename T, int D, int FT>
 void backward_impl(const T* G, const T* X, const T* params, const T* weights, T* grad_params, T* grad_points,
                    int64_t n_points, const std::vector<Level>& levels, int64_t n_features_rt, uint32_t mask) {
@@ -219,8 +271,6 @@ void backward_impl(const T* G, const T* X, const T* params, const T* weights, T*
   // task 0 accumulates straight into grad_points; the others into their own zeroed buffers
   std::vector<T> buffers(grad_points ? (n_tasks - 1) * n_points * D : 0, T(0));
   at::parallel_for(0, n_tasks, 1, [&](int64_t tbegin, int64_t tend) {
-    Corners<T, D> cs;
-    T g[FT > 0 ? FT : kMaxFeatures];
     for (int64_t task = tbegin; task < tend; ++task) {
       T* gx = grad_points ? (task == 0 ? grad_points : buffers.data() + (task - 1) * n_points * D) : nullptr;
       // blocks of points, then this task's levels; a block's rows of G stay in cache
@@ -228,45 +278,10 @@ void backward_impl(const T* G, const T* X, const T* params, const T* weights, T*
         const int64_t b1 = std::min(n_points, b0 + kBackwardBlock);
         for (const auto& group : task_groups[task]) {
           const Level& L0 = levels[group.front()];
-          const T res = static_cast<T>(L0.res);
-          for (int64_t p = b0; p < b1; ++p) {
-            bool located = false;
-            T v[1 << D];
-            for (int c = 0; c < (1 << D); ++c) v[c] = T(0);
-            for (int64_t l : group) {
-              const T wl = weights[l];
-              bool any = false;
-              for (int64_t f = 0; f < F; ++f) {
-                g[f] = G[p * width + l * F + f] * wl;
-                any = any || g[f] != T(0);
-              }
-              if (!any) continue;
-              if (!located) {
-                cs.compute(X + p * D, L0, mask);
-                located = true;
-              }
-              const int64_t delta = levels[l].offset - L0.offset;
-#pragma GCC unroll 8
-              for (int c = 0; c < (1 << D); ++c) {
-                const int64_t r = cs.row[c] + delta;
-                if (grad_params) {
-                  const T w = cs.weight[c];
-                  for (int64_t f = 0; f < F; ++f) grad_params[r + f * L0.fstride] += w * g[f];
-                }
-                if (gx) {
-                  T acc = T(0);
-                  for (int64_t f = 0; f < F; ++f) acc += g[f] * params[r + f * L0.fstride];
-                  v[c] += acc;
-                }
-              }
-            }
-            if (gx && located) {
-              T gfrac[D];
-              cs.frac_gradient(v, gfrac);
-              for (int d = 0; d < D; ++d)
-                if (cs.inside[d]) gx[p * D + d] += gfrac[d] * res;
-            }
-          }
+          if (L0.dense)
+            backward_group<T, D, FT, true>(G, X, params, weights, grad_params, gx, b0, b1, group, levels, L0, F, width, mask);
+          else
+            backward_group<T, D, FT, false>(G, X, params, weights, grad_params, gx, b0, b1, group, levels, L0, F, width, mask);
         }
       }
     }
