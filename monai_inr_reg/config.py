@@ -9,6 +9,7 @@ Dotted keys (``"deformable.iterations"``) address nested entries, as the command
 from __future__ import annotations
 
 import copy
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,15 @@ def list_presets() -> list[str]:
 
 
 def _read_yaml(path) -> dict:
+    """A YAML mapping, parsed once per file version (a fresh copy each call): a registration reads
+    its preset and the schema twice, 13 ms of parsing against a 0.7 s 2D registration."""
+    path = Path(str(path))
+    stat = path.stat()
+    return copy.deepcopy(_parse_yaml(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=64)
+def _parse_yaml(path: str, mtime_ns: int, size: int) -> dict:
     with open(path) as f:
         data = yaml.safe_load(f)
     if not isinstance(data, dict):
