@@ -228,7 +228,7 @@ def _fit_in_mask(ddf_mm: torch.Tensor, grid: ImageGrid, mask: np.ndarray) -> tor
 def _rigid_table(records: list[dict], names: list[str], multimodal: bool) -> str:
     levels = sorted({r["level"] for r in records})
     headers = (["method"] + [f"L{lv} success" for lv in levels] + [f"L{lv} mean rel. err" for lv in levels]
-               + ["s/pair", "start kept"])
+               + ["s/pair", "from start"])
     rows = []
     for name in names:
         mine = [r for r in records if r["method"] == name]

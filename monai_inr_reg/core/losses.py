@@ -58,6 +58,7 @@ def _fit_and_map(source: torch.Tensor, target: torch.Tensor, n_bins: int, ridge:
         down = 1.0 - up
         t = target.detach().to(torch.float64)
         upper = index + 1
+
         def hist(where, weight):  # float64 even for no points (bincount then returns int64)
             return torch.bincount(where, weight, n_bins).to(torch.float64)
 
