@@ -124,6 +124,7 @@ class _Pair:
     moving: torch.Tensor          # (1, *S_moving) normalised moving image
     moving_voxel_from_unit: torch.Tensor  # (D + 1, D + 1) box [0, 1]^D -> moving voxel
     moving_voxel_from_mm: torch.Tensor  # (D + 1, D + 1) LPS mm -> moving voxel
+    moving_last_voxel: torch.Tensor  # (D,) float32 largest voxel index per axis (points beyond are outside)
     fixed: torch.Tensor           # (1, *S_fixed) normalised fixed image
     box: NormalisedBox
     center_mm: torch.Tensor       # (D,) float64 fixed image centre
@@ -145,6 +146,7 @@ def _prepare(fixed_image, fixed_grid, moving_image, moving_grid, config, device)
         moving=moving.to(device),
         moving_voxel_from_unit=moving_grid.voxel_from_mm @ mm_from_unit,
         moving_voxel_from_mm=moving_grid.voxel_from_mm,
+        moving_last_voxel=torch.tensor(moving.shape[1:], device=device, dtype=torch.float32) - 1,
         fixed=fixed.to(device),
         box=box,
         center_mm=fixed_grid.center_mm(),
@@ -307,8 +309,7 @@ def _data_term(pair: _Pair, moving: torch.Tensor, moved_mm: torch.Tensor, fixed_
     ``(1, *S_moving)`` (the pair's moving image, possibly smoothed) at their moved points ``(P, D)``
     (LPS mm). Points moved outside the moving grid are left out (they carry no gradient)."""
     moved_voxel = apply_affine(pair.moving_voxel_from_mm, moved_mm.to(torch.float32))
-    upper = torch.tensor(moving.shape[1:], device=moved_voxel.device, dtype=moved_voxel.dtype) - 1
-    inside = ((moved_voxel >= 0) & (moved_voxel <= upper)).all(1).nonzero()[:, 0]
+    inside = ((moved_voxel >= 0) & (moved_voxel <= pair.moving_last_voxel)).all(1).nonzero()[:, 0]
     moving_val = sample_image(moving, moved_voxel.index_select(0, inside))[:, 0]
     return _similarity_loss(moving_val, fixed_val.index_select(0, inside), refine, variance_gradient=variance_gradient)
 
@@ -349,7 +350,7 @@ def _refine_points(motion, refine: dict) -> int:
 
 
 def _refine(pair: _Pair, motion, name: str, config: dict, *, generator: torch.Generator, bar,
-            history: list[float], start: torch.Tensor | None = None, also_from_start: bool = False):
+            history: list[float], start: torch.Tensor | None = None):
     """Final stage: the same motion, the image net replaced by the real moving image under a fitted
     intensity map (see :mod:`monai_inr_reg.core.losses`), on Gaussian-smoothed then sharp images.
 
@@ -367,7 +368,7 @@ def _refine(pair: _Pair, motion, name: str, config: dict, *, generator: torch.Ge
     (without this, multi-modal pairs fold and drift). Parametric motions restart a short cosine
     schedule at each Gaussian level.
 
-    ``also_from_start`` (parametric motions; ``refine.also_from_start``): the first Gaussian level also runs
+    ``refine.also_from_start`` (parametric motions): the first Gaussian level also runs
     from ``start``, a ``(D + 1, D + 1)`` matrix (the initial alignment; None = identity), on the same points;
     the candidate with the better data term at the end of that level (:func:`_score`) continues.
     An image-net stage that ran away (a rotation the wrong way: measured on 2D pairs rotated
@@ -430,7 +431,7 @@ def _refine(pair: _Pair, motion, name: str, config: dict, *, generator: torch.Ge
         return losses
 
     candidates = [motion]
-    if also_from_start and not is_hash:
+    if refine["also_from_start"] and not is_hash:
         candidates.append(_make_motion(name, pair, config, start, device))
     optimizers = [optimizer_for(m) for m in candidates]
     chosen = 0
@@ -541,7 +542,7 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
             stage_seconds[name] = time.perf_counter() - start - sum(stage_seconds.values())
             matrix = motion.matrix().detach().to(torch.float64).cpu()
         motion, from_start = _refine(pair, motion, stages[-1], config, generator=generator, bar=bar, history=history,
-                                     start=initial, also_from_start=bool(config["refine"]["also_from_start"]))
+                                     start=initial)
         if from_start:
             logger.info("monai_inr_reg: the refinement from the initial alignment scored better than from the "
                         "image-net stages; kept it")
