@@ -13,7 +13,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["register", "RegistrationResult", "register_itk", "load_preset", "__version__"]
+__all__ = ["register", "RegistrationResult", "register_itk", "apply_transform", "load_preset", "__version__"]
 
 # Eager, because the submodule `register` would otherwise shadow the function of the same name.
 from .register import register  # noqa: E402
@@ -21,6 +21,7 @@ from .result import RegistrationResult  # noqa: E402
 
 _LAZY = {
     "register_itk": ("monai_inr_reg.itk_bridge", "register_itk"),
+    "apply_transform": ("monai_inr_reg.apply", "apply_transform"),
     "load_preset": ("monai_inr_reg.config", "load_preset"),
 }
 

@@ -72,6 +72,12 @@ def _configure_register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("moving", help="moving image file")
     parser.add_argument("--fixed-label", help="fixed label map (for Dice / HD95)")
     parser.add_argument("--moving-label", help="moving label map (warped with nearest; Dice / HD95 with --fixed-label)")
+    parser.add_argument("--fixed-mask", help="mask on the fixed grid (nonzero = inside): only fixed voxels inside count, "
+                                             "as ANTs' -x")
+    parser.add_argument("--moving-mask", help="mask on the moving grid: only points mapped inside it count")
+    parser.add_argument("--initial-transform", help="start from this linear transform instead of the centres of mass: "
+                                                    "ITK .h5 / .tfm or ANTs .mat (fixed -> moving, as "
+                                                    "antsApplyTransforms uses it)")
     parser.add_argument("--id", dest="pair_id", help="name of the pair's output folder (default <moving>_to_<fixed>)")
     _common(parser)
 
@@ -103,7 +109,7 @@ def _run_datalist(args, datalist, dataset_dir=None, distributed=False) -> int:
 
 def _run_register(args) -> int:
     pair = {"fixed": str(Path(args.fixed).absolute()), "moving": str(Path(args.moving).absolute())}
-    for key in ("fixed_label", "moving_label"):
+    for key in ("fixed_label", "moving_label", "fixed_mask", "moving_mask", "initial_transform"):
         if getattr(args, key):
             pair[key] = str(Path(getattr(args, key)).absolute())
     if args.pair_id:
@@ -115,9 +121,44 @@ def _run_batch(args) -> int:
     return _run_datalist(args, args.datalist, args.dataset_dir, args.distributed)
 
 
+def _configure_apply(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--transform", required=True,
+                        help="a pair output folder of register / batch / the bundle (OUT/<pair id>), or its ddf.nii.gz")
+    parser.add_argument("--input", required=True,
+                        help="image on the moving grid to warp (any grid, through the affines)")
+    parser.add_argument("--reference",
+                        help="fixed image: checked against the field's grid; its header goes to the output")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="output NIfTI file (.nii.gz or .nii)")
+    parser.add_argument("--nearest", action="store_true",
+                        help="labels: nearest-neighbour, stored with the smallest integer type (default: bilinear)")
+
+
+def _run_apply(args) -> int:
+    from .apply import apply_transform
+    from .io import load_image
+    from .pipeline import save_nifti
+
+    try:
+        if not args.output.name.lower().endswith((".nii.gz", ".nii")):
+            raise ValueError(f"'-o' must be a NIfTI file name (.nii.gz or .nii), got {str(args.output)!r}")
+        # loaded here so that errors name the command line's flags
+        image = load_image(args.input, name="--input")
+        reference = load_image(args.reference, name="--reference") if args.reference else None
+        warped = apply_transform(args.transform, image, reference, mode="nearest" if args.nearest else "bilinear")
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        save_nifti(args.output, warped.as_tensor(), warped.affine, label=args.nearest)
+    except (ValueError, TypeError, OSError) as err:  # bad input or unwritable output: nothing is written
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"monai-inr-reg: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"monai-inr-reg: wrote {args.output}")
+    return EXIT_OK
+
+
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand("register", "register one pair (same outputs as one bundle pair)", _configure_register, _run_register),
     Subcommand("batch", "register every pair of a datalist (what the bundle runs)", _configure_batch, _run_batch),
+    Subcommand("apply", "warp an image with a saved transform (as antsApplyTransforms)", _configure_apply, _run_apply),
 ]
 
 # name -> (module with main(argv: list[str]) -> int, help); the module parses its own arguments

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .core.grid import NormalisedBox, apply_affine
-from .core.linear import about_center, rotation_matrix
+from .core.linear import about_center, nearest_rotation, rotation_matrix, rotation_parameters
 from .nn import CoordinateNet
 
 __all__ = ["RigidMotion", "AffineMotion", "HashMotion"]
@@ -25,7 +25,8 @@ class RigidMotion(nn.Module):
     Args:
         center_mm: ``(D,)`` rotation centre, LPS mm (the fixed image centre).
         scale_mm: box edge in mm; translation parameters are in box units so one learning rate fits all sizes.
-        init: optional ``(D + 1, D + 1)`` matrix to start from (only its translation is kept if it is not rigid).
+        init: optional ``(D + 1, D + 1)`` matrix to start from; a linear part that is not a rotation
+            (an affine initial transform) starts from its nearest rotation.
     """
 
     def __init__(self, center_mm: torch.Tensor, scale_mm: float, init: torch.Tensor | None = None):
@@ -36,6 +37,9 @@ class RigidMotion(nn.Module):
         self.rotation = nn.Parameter(torch.zeros(1 if ndim == 2 else 3, dtype=torch.float64))
         self.translation = nn.Parameter(torch.zeros(ndim, dtype=torch.float64))
         if init is not None:
+            init = init.to(torch.float64)
+            if not torch.equal(init[:ndim, :ndim], torch.eye(ndim, dtype=torch.float64)):
+                self.rotation.data = rotation_parameters(nearest_rotation(init[:ndim, :ndim]))
             self.translation.data = (apply_affine(init, center_mm[None].to(torch.float64))[0] - center_mm) / self.scale_mm
 
     def matrix(self) -> torch.Tensor:

@@ -39,6 +39,7 @@ import torch
 from .config import nested_overrides
 from .core.fields import jacobian_determinant
 from .core.sample import warp_image_mm
+from .inputs import as_image_and_grid
 from .metrics import label_overlap
 
 __all__ = [
@@ -50,7 +51,9 @@ logger = logging.getLogger(__name__)
 
 ROW_FIELDS = ("pair", "status", "error", "fixed", "moving", "fixed_label", "moving_label", "preset", "motion",
               "dice_before", "dice", "hd95_mm_before", "hd95_mm", "folding_percent", "seconds", "final_loss", "itk")
-_IMAGE_KEYS = ("fixed", "moving", "fixed_label", "moving_label")
+_IMAGE_KEYS = ("fixed", "moving", "fixed_label", "moving_label", "fixed_mask", "moving_mask")
+# what a datalist entry may name besides its images: a linear ITK / ANTs transform file (or a matrix)
+_START_KEY = "initial_transform"
 _SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npz",
              ".npy", ".dcm", ".gz")
 
@@ -111,8 +114,8 @@ def load_datalist(datalist, dataset_dir=None) -> list[dict]:
     out, seen = [], set()
     for index, entry in enumerate(pairs):
         pair = {k: v for k, v in entry.items() if k not in _IMAGE_KEYS}
-        for key in _IMAGE_KEYS:
-            if entry.get(key):
+        for key in _IMAGE_KEYS + (_START_KEY,):
+            if entry.get(key) and isinstance(entry[key], str):
                 pair[key] = str(base / entry[key]) if not Path(entry[key]).is_absolute() else str(entry[key])
         if "id" in entry:
             pid = _safe(str(entry["id"]))
@@ -259,11 +262,14 @@ def write_qc_png(path, fixed, moving_before, warped, det, *, title: str = "", or
 
 
 # ----------------------------------------------------------------------------------------- one pair
-def _settings(preset, overrides, seed) -> dict:
-    """What makes a pair's outputs reusable by a rerun (not the device)."""
+def _settings(preset, overrides, seed, pair: dict | None = None) -> dict:
+    """What makes a pair's outputs reusable by a rerun (not the device); masks and start when given."""
     preset_name = preset if isinstance(preset, str) else json.dumps(preset, sort_keys=True, default=str)
-    return json.loads(json.dumps({"preset": preset_name, "overrides": nested_overrides(overrides or {}), "seed": int(seed)},
-                                 sort_keys=True, default=str))
+    settings = {"preset": preset_name, "overrides": nested_overrides(overrides or {}), "seed": int(seed)}
+    for key in ("fixed_mask", "moving_mask", _START_KEY):
+        if (pair or {}).get(key) is not None:
+            settings[key] = pair[key]
+    return json.loads(json.dumps(settings, sort_keys=True, default=str))
 
 
 def _complete_row(pair_dir: Path, settings: dict) -> dict | None:
@@ -301,12 +307,6 @@ def _load(pair: dict, key: str):
     return load_image(pair[key], name=key)
 
 
-def _affine_nd(image, ndim: int) -> torch.Tensor:
-    from monai.data.utils import to_affine_nd
-
-    return to_affine_nd(ndim, torch.as_tensor(image.affine, dtype=torch.float64))
-
-
 def _check_pair(images: dict) -> None:
     fixed, moving = images["fixed"], images["moving"]
     if fixed.ndim != moving.ndim:
@@ -316,7 +316,7 @@ def _check_pair(images: dict) -> None:
         if not torch.isfinite(image.as_tensor()).all():
             bad = int((~torch.isfinite(image.as_tensor())).sum())
             raise ValueError(f"{key!r} has {bad} NaN or infinite voxels")
-    for label_key, image_key in (("fixed_label", "fixed"), ("moving_label", "moving")):
+    for label_key, image_key in (("fixed_label", "fixed"), ("moving_label", "moving")):  # masks: register() checks them
         if label_key in images and tuple(images[label_key].shape[1:]) != tuple(images[image_key].shape[1:]):
             raise ValueError(f"{label_key!r} has spatial shape {tuple(images[label_key].shape[1:])} but {image_key!r} "
                              f"has {tuple(images[image_key].shape[1:])}; a label must be on its image's grid")
@@ -364,9 +364,9 @@ def _process(pair: dict, pair_dir: Path, *, preset, overrides: dict, device, see
     images = {key: _load(pair, key) for key in _IMAGE_KEYS if pair.get(key)}
     _check_pair(images)
     fixed, moving = images["fixed"], images["moving"]
-    ndim = fixed.ndim - 1
-    inputs = [type(fixed)(img.as_tensor(), affine=_affine_nd(img, ndim)) for img in (fixed, moving)]
-    result = register(inputs[0], inputs[1], preset, seed=seed, device=device, progress=False, **overrides)
+    fixed_gray, _ = as_image_and_grid(fixed, "fixed")
+    result = register(fixed, moving, preset, fixed_mask=images.get("fixed_mask"), moving_mask=images.get("moving_mask"),
+                      initial_transform=pair.get(_START_KEY), seed=seed, device=device, progress=False, **overrides)
     if not torch.isfinite(result.ddf).all():
         raise ValueError("the registration produced a non-finite displacement field")
 
@@ -384,9 +384,9 @@ def _process(pair: dict, pair_dir: Path, *, preset, overrides: dict, device, see
     row["folding_percent"] = 100.0 * float((det <= 0).float().mean())
     row["seconds"] = float(result.seconds)
     row["final_loss"] = float(result.loss_history[-1]) if result.loss_history else math.nan
-    moving_before = warp_image_mm(moving.as_tensor().float(), result.moving_grid, identity_mm, result.fixed_grid.shape)
+    moving_before = warp_image_mm(result.moving_image.float(), result.moving_grid, identity_mm, result.fixed_grid.shape)
     origin = "upper" if str(pair["fixed"]).lower().endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff")) else "lower"
-    written.append(write_qc_png(pair_dir / "qc.png", fixed.as_tensor()[0].numpy(), moving_before[0].numpy(),
+    written.append(write_qc_png(pair_dir / "qc.png", fixed_gray[0].numpy(), moving_before[0].numpy(),
                                 result.warped.as_tensor()[0].numpy(), det.numpy(), title=pair["id"], origin=origin))
     row["itk"] = _save_itk(result, pair_dir) if itk else "disabled"
     if (pair_dir / "itk").is_dir():
@@ -424,7 +424,7 @@ def register_pair(pair: dict, output_dir, *, preset="deformable", overrides: dic
     """
     overrides = dict(overrides or {})
     pair_dir = Path(output_dir) / pair["id"]
-    settings = _settings(preset, overrides, seed)
+    settings = _settings(preset, overrides, seed, pair)
     stored = _complete_row(pair_dir, settings)
     if stored is not None:
         logger.info("pair %s: complete, skipped", pair["id"])

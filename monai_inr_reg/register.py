@@ -28,6 +28,7 @@ from .core.encoding import level_weights
 from .core.grid import ImageGrid, NormalisedBox, apply_affine, ddf_voxel_from_ddf_mm
 from .core.losses import gaussian_smooth, mapped_l2, mutual_information
 from .core.sample import sample_image
+from .inputs import as_image_and_grid, as_initial_matrix, as_mask
 from .motion import AffineMotion, HashMotion, RigidMotion
 from .nn import CoordinateNet
 from .optim import adam
@@ -38,16 +39,26 @@ __all__ = ["register", "register_on_grids", "as_image_and_grid", "normalise_inte
 logger = logging.getLogger(__name__)
 
 
-def register(fixed, moving, preset: str | dict = "deformable", *, seed: int = 0, device=None, progress=None,
-             **overrides) -> RegistrationResult:
+def register(fixed, moving, preset: str | dict = "deformable", *, fixed_mask=None, moving_mask=None,
+             initial_transform=None, seed: int = 0, device=None, progress=None, **overrides) -> RegistrationResult:
     """Register ``moving`` onto ``fixed``.
 
     Args:
-        fixed: the fixed image: a file path, a channel-first ``(1, *S)`` MetaTensor (its RAS affine is
-            used), or a tensor / array ``(1, *S)`` (no affine = identity, RAS). 2D or 3D.
+        fixed: the fixed image: a file path (anything MONAI's ``LoadImage`` reads), a channel-first
+            ``(C, *S)`` MetaTensor (its RAS affine is used; MONAI's ``4 x 4`` affine of a 2D image
+            too), or a tensor / array ``(C, *S)`` (no affine = identity, RAS). 2D or 3D; a 2D colour
+            image is registered by its luminance (see :mod:`monai_inr_reg.inputs`).
         moving: the moving image, same kinds; may be on another grid (size, spacing, orientation).
         preset: ``"rigid"``, ``"affine"``, ``"deformable"``, ``"multimodal-rigid"``,
             ``"multimodal-deformable"`` (see ``configs/``), a YAML path or a config dict.
+        fixed_mask: optional mask on the fixed grid (same kinds; nonzero = inside): every data term
+            uses only fixed voxels inside it (as ANTs' ``-x`` and elastix's ``-fMask``).
+        moving_mask: optional mask on the moving grid: data terms use only points that the motion
+            takes inside it.
+        initial_transform: optional start replacing ``initial_alignment``: a ``(D + 1, D + 1)``
+            matrix, fixed LPS mm -> moving LPS mm, or a linear ITK transform file (``.h5``, ``.tfm``)
+            or ANTs ``.mat`` (the same direction: what ``antsApplyTransforms`` takes to warp the
+            moving image onto the fixed one).
         seed: seeds network initialisation and point sampling (results are deterministic on CPU).
         device: torch device; default CUDA when available, else CPU.
         progress: show a tqdm bar; default from the config (``auto``: only on a TTY).
@@ -58,50 +69,18 @@ def register(fixed, moving, preset: str | dict = "deformable", *, seed: int = 0,
         :class:`~monai_inr_reg.result.RegistrationResult` (conventions documented there).
 
     Raises:
-        ValueError: bad images (NaN/inf, empty, constant, multi-channel, wrong dimension, singular
-            affine), unknown preset or option; raised before any optimisation.
+        ValueError: bad images (NaN/inf, empty, constant, several channels in 3D, wrong dimension,
+            singular affine), a mask off its image's grid, an unreadable or non-linear initial
+            transform, unknown preset or option; raised before any optimisation.
+        FileNotFoundError: a path that does not exist.
     """
     config = load_preset(preset, **overrides)
     fixed_image, fixed_grid = as_image_and_grid(fixed, "fixed")
     moving_image, moving_grid = as_image_and_grid(moving, "moving")
-    return register_on_grids(fixed_image, fixed_grid, moving_image, moving_grid, config, seed=seed, device=device,
-                             progress=progress)
-
-
-def as_image_and_grid(image, name: str) -> tuple[torch.Tensor, ImageGrid]:
-    """A path, MetaTensor, tensor or array -> (float32 ``(1, *S)`` tensor, its :class:`ImageGrid`)."""
-    if isinstance(image, (str,)) or hasattr(image, "__fspath__"):
-        from .io import load_image
-
-        image = load_image(image, name=name)
-    affine = getattr(image, "affine", None)
-    tensor = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image.as_tensor()
-                             if hasattr(image, "as_tensor") else image).detach()
-    if tensor.ndim == 4 and tensor.shape[-1] == 1 and min(tensor.shape[1:3]) > 1:
-        # a 2D image stored as (X, Y, 1) (common for NIfTI): register it as 2D, dropping z from the affine
-        tensor = tensor[..., 0]
-        if affine is not None:
-            keep = [0, 1, 3]
-            affine = torch.as_tensor(affine)[keep][:, keep]
-    if tensor.ndim not in (3, 4):
-        raise ValueError(f"register(): '{name}' must be channel-first (1, H, W) or (1, H, W, D), got shape {tuple(tensor.shape)}")
-    if tensor.shape[0] != 1:
-        raise ValueError(f"register(): '{name}' must have one channel, got {tensor.shape[0]} (shape {tuple(tensor.shape)})")
-    if tensor.numel() == 0 or min(tensor.shape[1:]) < 2:
-        raise ValueError(f"register(): '{name}' is empty or has a spatial size below 2: shape {tuple(tensor.shape)}")
-    tensor = tensor.to(torch.float32)
-    if not torch.isfinite(tensor).all():
-        bad = int((~torch.isfinite(tensor)).sum())
-        raise ValueError(f"register(): '{name}' has {bad} NaN or infinite voxels")
-    if float(tensor.max() - tensor.min()) == 0.0:
-        raise ValueError(f"register(): '{name}' is constant (all {float(tensor.flatten()[0])}); nothing to register")
-    if affine is not None:
-        affine = torch.as_tensor(affine)
-    try:
-        grid = ImageGrid.from_ras_affine(tensor.shape[1:], affine)
-    except ValueError as err:
-        raise ValueError(f"register(): '{name}' {err}") from None
-    return tensor, grid
+    return register_on_grids(fixed_image, fixed_grid, moving_image, moving_grid, config,
+                             fixed_mask=as_mask(fixed_mask, "fixed_mask", fixed_grid, "fixed"),
+                             moving_mask=as_mask(moving_mask, "moving_mask", moving_grid, "moving"),
+                             initial_transform=initial_transform, seed=seed, device=device, progress=progress)
 
 
 def normalise_intensity(image: torch.Tensor, low_percentile: float, high_percentile: float) -> torch.Tensor:
@@ -119,8 +98,10 @@ def normalise_intensity(image: torch.Tensor, low_percentile: float, high_percent
 class _Pair:
     """The normalised pair on the device, with everything sampling needs precomputed."""
 
-    fixed_values: torch.Tensor    # (N_fixed,) normalised fixed intensities, C order
-    fixed_points_mm: torch.Tensor  # (N_fixed, D) LPS mm of every fixed voxel
+    fixed_values: torch.Tensor    # (N_fixed,) normalised fixed intensities, C order (inside the fixed mask)
+    fixed_points_mm: torch.Tensor  # (N_fixed, D) LPS mm of every fixed voxel (inside the fixed mask)
+    fixed_index: torch.Tensor | None  # (N_fixed,) C-order indices of the voxels inside the fixed mask; None: all
+    moving_mask: torch.Tensor | None  # (1, *S_moving) float 1 inside the moving mask, 0 outside; None: no mask
     moving: torch.Tensor          # (1, *S_moving) normalised moving image
     moving_voxel_from_unit: torch.Tensor  # (D + 1, D + 1) box [0, 1]^D -> moving voxel
     moving_voxel_from_mm: torch.Tensor  # (D + 1, D + 1) LPS mm -> moving voxel
@@ -131,7 +112,8 @@ class _Pair:
     ndim: int
 
 
-def _prepare(fixed_image, fixed_grid, moving_image, moving_grid, config, device) -> _Pair:
+def _prepare(fixed_image, fixed_grid, moving_image, moving_grid, config, device, fixed_mask=None,
+             moving_mask=None) -> _Pair:
     norm = config["normalise"]
     fixed = normalise_intensity(fixed_image, norm["low_percentile"], norm["high_percentile"])
     moving = normalise_intensity(moving_image, norm["low_percentile"], norm["high_percentile"])
@@ -140,9 +122,16 @@ def _prepare(fixed_image, fixed_grid, moving_image, moving_grid, config, device)
     mm_from_unit = torch.eye(ndim + 1, dtype=torch.float64)
     mm_from_unit[:ndim, :ndim] *= box.scale_mm()
     mm_from_unit[:ndim, ndim] = box.low_mm
+    fixed_values, fixed_points_mm = fixed.reshape(-1).to(device), fixed_grid.mm_points(device=device)
+    fixed_index = None
+    if fixed_mask is not None:
+        fixed_index = fixed_mask.reshape(-1).nonzero()[:, 0].to(device)
+        fixed_values, fixed_points_mm = fixed_values.index_select(0, fixed_index), fixed_points_mm.index_select(0, fixed_index)
     return _Pair(
-        fixed_values=fixed.reshape(-1).to(device),
-        fixed_points_mm=fixed_grid.mm_points(device=device),
+        fixed_values=fixed_values,
+        fixed_points_mm=fixed_points_mm,
+        fixed_index=fixed_index,
+        moving_mask=None if moving_mask is None else moving_mask[None].to(device=device, dtype=torch.float32),
         moving=moving.to(device),
         moving_voxel_from_unit=moving_grid.voxel_from_mm @ mm_from_unit,
         moving_voxel_from_mm=moving_grid.voxel_from_mm,
@@ -261,7 +250,12 @@ def _run_stage(pair: _Pair, image_net: CoordinateNet, motion, name: str, config:
         moved_mm = motion(fixed_mm, mot_weights) if name in HASH_MOTIONS else motion(fixed_mm)
         pred_fixed = image_net(pair.box.to_unit(moved_mm.to(torch.float32)), img_weights)[:, fixed_channel]
         pred_moving = image_net(moving_unit, img_weights)[:, moving_channel]
-        loss = (pred_fixed - fixed_val).pow(2).mean() + (pred_moving - moving_val).pow(2).mean()
+        if pair.moving_mask is None:
+            loss = (pred_fixed - fixed_val).pow(2).mean() + (pred_moving - moving_val).pow(2).mean()
+        else:
+            fixed_in = _in_moving_mask(pair, apply_affine(pair.moving_voxel_from_mm, moved_mm.detach().to(torch.float32)))
+            moving_in = _in_moving_mask(pair, apply_affine(pair.moving_voxel_from_unit, moving_unit))
+            loss = _masked_mean((pred_fixed - fixed_val).pow(2), fixed_in) + _masked_mean((pred_moving - moving_val).pow(2), moving_in)
         total = loss
         if name in HASH_MOTIONS:
             total = total + _motion_penalty(motion, pair.box.to_unit(fixed_mm[:_PENALTY_POINTS]), stage, mot_weights)
@@ -272,6 +266,16 @@ def _run_stage(pair: _Pair, image_net: CoordinateNet, motion, name: str, config:
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(f"{name} loss {history[-1]:.4f}", refresh=False)
+
+
+def _in_moving_mask(pair: _Pair, points_voxel: torch.Tensor) -> torch.Tensor:
+    """``(P,)`` bool: moving voxel points ``(P, D)`` that fall inside the moving mask (outside the grid: no)."""
+    return sample_image(pair.moving_mask, points_voxel, mode="nearest")[:, 0] > 0.5
+
+
+def _masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` ``(P,)`` where ``keep`` ``(P,)`` is true (0 when none is)."""
+    return (values * keep).sum() / keep.sum().clamp_min(1)
 
 
 def _motion_groups(motion, name: str, stage: dict) -> list[dict]:
@@ -307,9 +311,12 @@ def _data_term(pair: _Pair, moving: torch.Tensor, moved_mm: torch.Tensor, fixed_
                variance_gradient: bool) -> torch.Tensor:
     """The refinement's data term (:func:`_similarity_loss`) of fixed values ``(P,)`` against ``moving``
     ``(1, *S_moving)`` (the pair's moving image, possibly smoothed) at their moved points ``(P, D)``
-    (LPS mm). Points moved outside the moving grid are left out (they carry no gradient)."""
+    (LPS mm). Points moved outside the moving grid (or the moving mask) are left out (they carry no gradient)."""
     moved_voxel = apply_affine(pair.moving_voxel_from_mm, moved_mm.to(torch.float32))
-    inside = ((moved_voxel >= 0) & (moved_voxel <= pair.moving_last_voxel)).all(1).nonzero()[:, 0]
+    inside = ((moved_voxel >= 0) & (moved_voxel <= pair.moving_last_voxel)).all(1)
+    if pair.moving_mask is not None:
+        inside = inside & _in_moving_mask(pair, moved_voxel.detach())
+    inside = inside.nonzero()[:, 0]
     moving_val = sample_image(moving, moved_voxel.index_select(0, inside))[:, 0]
     return _similarity_loss(moving_val, fixed_val.index_select(0, inside), refine, variance_gradient=variance_gradient)
 
@@ -438,6 +445,8 @@ def _refine(pair: _Pair, motion, name: str, config: dict, *, generator: torch.Ge
     done = 0
     for level, (sigma, steps) in enumerate(zip(sigmas, per_level)):
         fixed_values = gaussian_smooth(pair.fixed, sigma).reshape(-1)
+        if pair.fixed_index is not None:
+            fixed_values = fixed_values.index_select(0, pair.fixed_index)
         moving = gaussian_smooth(pair.moving, sigma)
         if level == 0 and len(candidates) > 1:
             state = generator.get_state()
@@ -461,7 +470,8 @@ def _dense_ddf_mm(motion, pair: _Pair, fixed_grid: ImageGrid, chunk: int = 1 << 
     pieces = []
     with torch.no_grad():
         if isinstance(motion, HashMotion):
-            for points in pair.fixed_points_mm.split(chunk):
+            all_points = pair.fixed_points_mm if pair.fixed_index is None else fixed_grid.mm_points(device=pair.fixed.device)
+            for points in all_points.split(chunk):
                 pieces.append(motion(points).to(torch.float64) - points.to(torch.float64))
         else:  # exact: float64 matrix on float64 points
             for points in fixed_grid.mm_points(dtype=torch.float64).split(chunk):
@@ -474,11 +484,17 @@ def _initial_matrix(pair: _Pair, fixed_grid: ImageGrid, moving_grid: ImageGrid, 
     (identity). ``center_of_mass``: the translation that puts the fixed image's intensity-weighted
     centre (normalised intensities) on the moving image's, as ANTs' and ITK's moments initialisers
     do. Large translations are where the image-net stage can lose the pair (BrainWeb, 8 deg and
-    13 px: the motion ran 45 px the wrong way while only the coarsest hash levels were on)."""
+    13 px: the motion ran 45 px the wrong way while only the coarsest hash levels were on).
+    With masks, only the voxels inside them weigh."""
     if config["initial_alignment"] == "none":
         return None
+    fixed, moving = pair.fixed, pair.moving
+    if pair.fixed_index is not None:
+        fixed = torch.zeros_like(fixed).reshape(-1).index_copy(0, pair.fixed_index, pair.fixed_values).reshape(fixed.shape)
+    if pair.moving_mask is not None:
+        moving = moving * pair.moving_mask
     matrix = torch.eye(fixed_grid.ndim + 1, dtype=torch.float64)
-    matrix[:-1, -1] = moving_grid.center_of_mass_mm(pair.moving) - fixed_grid.center_of_mass_mm(pair.fixed)
+    matrix[:-1, -1] = moving_grid.center_of_mass_mm(moving) - fixed_grid.center_of_mass_mm(fixed)
     return matrix
 
 
@@ -492,8 +508,8 @@ def _make_motion(name: str, pair: _Pair, config: dict, init: torch.Tensor | None
 
 
 def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_image: torch.Tensor,
-                      moving_grid: ImageGrid, config: dict, *, seed: int = 0, device=None,
-                      progress=None) -> RegistrationResult:
+                      moving_grid: ImageGrid, config: dict, *, fixed_mask=None, moving_mask=None,
+                      initial_transform=None, seed: int = 0, device=None, progress=None) -> RegistrationResult:
     """Register images whose grids are given explicitly (the entry point of every adapter).
 
     Args:
@@ -502,10 +518,15 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
         moving_image: ``(1, *S_moving)`` float tensor on ``moving_grid``.
         moving_grid: its :class:`ImageGrid`.
         config: a validated config (:func:`monai_inr_reg.config.load_preset`).
-        seed, device, progress: as in :func:`register`.
+        fixed_mask: optional ``(*S_fixed)`` mask on ``fixed_grid`` (nonzero = inside).
+        moving_mask: optional ``(*S_moving)`` mask on ``moving_grid``.
+        initial_transform, seed, device, progress: as in :func:`register`.
     """
     if fixed_grid.ndim != moving_grid.ndim:
         raise ValueError(f"register(): 'fixed' is {fixed_grid.ndim}D but 'moving' is {moving_grid.ndim}D; both must have the same dimension")
+    fixed_mask = as_mask(fixed_mask, "fixed_mask", fixed_grid, "fixed")
+    moving_mask = as_mask(moving_mask, "moving_mask", moving_grid, "moving")
+    initial_transform = as_initial_matrix(initial_transform, fixed_grid.ndim)
     config = load_preset(config)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     start = time.perf_counter()
@@ -513,7 +534,7 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
     # slower; flushing them to zero changes no result that matters.
     torch.set_flush_denormal(True)
     stages = list(config["prealign"]) + [config["motion"]]
-    pair = _prepare(fixed_image, fixed_grid, moving_image, moving_grid, config, device)
+    pair = _prepare(fixed_image, fixed_grid, moving_image, moving_grid, config, device, fixed_mask, moving_mask)
     history: list[float] = []
     stage_ends: list[tuple[str, int]] = []
     stage_seconds: dict[str, float] = {}
@@ -531,7 +552,8 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
         generator = torch.Generator(device=device).manual_seed(seed)
         image_net = CoordinateNet(pair.ndim, 2 if config["multimodal"] else 1, config["image"]["encoding"],
                                   config["image"]["network"]).to(device)
-        initial = _initial_matrix(pair, fixed_grid, moving_grid, config)
+        initial = initial_transform if initial_transform is not None else _initial_matrix(pair, fixed_grid, moving_grid,
+                                                                                            config)
         matrix = initial
         motion = None
         for index, name in enumerate(stages):

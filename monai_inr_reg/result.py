@@ -81,13 +81,16 @@ class RegistrationResult:
         """Warp an image on the **moving** grid onto the fixed grid.
 
         Args:
-            image: ``(C, *S_moving)`` tensor or MetaTensor (labels, other channels).
+            image: ``(C, *S_moving)`` tensor or MetaTensor (labels, other channels); a 2D image
+                stored with a trailing slice axis, ``(C, X, Y, 1)``, is taken as ``(C, X, Y)``.
             mode: ``"bilinear"`` for intensities, ``"nearest"`` for labels (keeps label values).
 
         Returns:
             MetaTensor ``(C, *S_fixed)`` carrying the fixed affine (RAS, as MONAI expects).
         """
         image = torch.as_tensor(image)
+        if image.ndim == self.ndim + 2 and image.shape[-1] == 1:
+            image = image[..., 0]
         if tuple(image.shape[1:]) != self.moving_grid.shape:
             raise ValueError(
                 f"RegistrationResult.warp(): 'image' must be on the moving grid, spatial shape {self.moving_grid.shape}, "

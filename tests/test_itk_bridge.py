@@ -181,15 +181,17 @@ def test_image_to_tensor_reads_integer_pixels_2d():
     assert torch.allclose(grid.spacing, torch.tensor([0.5, 2.0], dtype=torch.float64))
 
 
+def test_image_to_tensor_keeps_components_as_channels():
+    rgb_array = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)  # (y, x, RGB)
+    rgb = itk.image_from_array(rgb_array, is_vector=True)
+    tensor, grid = itk_bridge.image_to_tensor(rgb, name="moving")
+    assert tuple(tensor.shape) == (3, 5, 4) and grid.shape == (5, 4)
+    assert tensor[2, 3, 1] == rgb_array[1, 3, 2]
+    volume = itk.image_from_array(np.zeros((3, 4, 5, 2), np.float32), is_vector=True)
+    assert tuple(itk_bridge.image_to_tensor(volume)[0].shape) == (2, 5, 4, 3)
+
+
 def test_image_to_tensor_rejects_bad_input():
-    rgb = itk.Image[itk.RGBPixel[itk.UC], 2].New()
-    rgb.SetRegions([4, 5])
-    rgb.Allocate()
-    with pytest.raises(ValueError, match="'moving' must be a scalar image, got 3 components"):
-        itk_bridge.image_to_tensor(rgb, name="moving")
-    vector = itk.image_from_array(np.zeros((4, 5, 2), np.float32), is_vector=True)
-    with pytest.raises(ValueError, match="'fixed' must be a scalar image"):
-        itk_bridge.image_to_tensor(vector, name="fixed")
     nan = np.zeros((4, 5), np.float32)
     nan[1, 2] = np.nan
     with pytest.raises(ValueError, match="'fixed' has 1 NaN voxels"):

@@ -142,7 +142,7 @@ def test_seeded_runs_are_deterministic(fixed2d):
     (torch.full((1, 8, 8), float("nan")), torch.rand(1, 8, 8), "'fixed' has 64 NaN"),
     (torch.rand(1, 8, 8), torch.ones(1, 8, 8), "'moving' is constant"),
     (torch.rand(1, 8, 8), torch.rand(1, 8, 8, 8), "2D but 'moving' is 3D"),
-    (torch.rand(2, 8, 8), torch.rand(1, 8, 8), "'fixed' must have one channel"),
+    (torch.rand(2, 8, 8, 8), torch.rand(1, 8, 8, 8), "'fixed' has 2 channels .* pick it first"),
     (torch.rand(8, 8), torch.rand(1, 8, 8), "'fixed' must be channel-first"),
     (torch.rand(1, 0, 8), torch.rand(1, 8, 8), "'fixed' is empty"),
 ])

@@ -25,6 +25,7 @@ __all__ = [
     "ImageGrid",
     "NormalisedBox",
     "lps_from_ras",
+    "affine_for_ndim",
     "as_mm_from_voxel",
     "apply_affine",
     "ddf_mm_from_ddf_voxel",
@@ -49,17 +50,46 @@ def lps_from_ras(affine: torch.Tensor) -> torch.Tensor:
     return flip[:, None] * affine
 
 
+def affine_for_ndim(affine, ndim: int, *, name: str = "affine") -> torch.Tensor:
+    """A homogeneous voxel -> world matrix of a ``ndim``-D image, as ``(ndim + 1, ndim + 1)`` float64.
+
+    The one place that reconciles affine sizes with image dimensions. MONAI keeps a ``4 x 4`` affine
+    for every image (``MetaTensor(x)``'s default, ``LoadImage`` of a PNG or of a 2D NIfTI): for a 2D
+    image its 2D part is used (upper-left ``2 x 2`` block and the first two entries of the last
+    column), exactly as ``monai.data.utils.to_affine_nd(2, affine)`` does. The frame (RAS or LPS)
+    is kept: in 2D both flip the same first two axes.
+
+    Args:
+        affine: ``(ndim + 1, ndim + 1)``, or ``(4, 4)`` when ``ndim`` is 2; tensor, array or nested list.
+        ndim: spatial dimension of the image, 2 or 3.
+        name: how an error message calls the matrix.
+
+    Raises:
+        ValueError: any other shape.
+    """
+    matrix = torch.as_tensor(affine, dtype=torch.float64).detach().cpu()
+    if matrix.shape == (ndim + 1, ndim + 1):
+        return matrix
+    if ndim == 2 and matrix.shape == (4, 4):
+        out = torch.eye(3, dtype=torch.float64)
+        out[:2, :2] = matrix[:2, :2]
+        out[:2, 2] = matrix[:2, 3]
+        return out
+    sizes = f"({ndim + 1}, {ndim + 1})" + (" or (4, 4)" if ndim == 2 else "")
+    raise ValueError(f"{name} must be a {sizes} homogeneous matrix for a {ndim}D image, got {tuple(matrix.shape)}")
+
+
 def as_mm_from_voxel(affine, ndim: int, *, name: str = "affine") -> torch.Tensor:
     """Validate a homogeneous voxel -> mm matrix and return it as float64 (``None`` -> identity).
+
+    A 2D image's ``4 x 4`` matrix is reduced to its 2D part (:func:`affine_for_ndim`).
 
     Raises:
         ValueError: wrong shape, non-finite entries, or a singular linear part.
     """
     if affine is None:
         return torch.eye(ndim + 1, dtype=torch.float64)
-    matrix = torch.as_tensor(affine, dtype=torch.float64).detach().cpu()
-    if matrix.shape != (ndim + 1, ndim + 1):
-        raise ValueError(f"{name} must be a ({ndim + 1}, {ndim + 1}) homogeneous matrix for a {ndim}D image, got {tuple(matrix.shape)}")
+    matrix = affine_for_ndim(affine, ndim, name=name)
     if not torch.isfinite(matrix).all():
         raise ValueError(f"{name} has non-finite entries: {matrix.tolist()}")
     det = torch.linalg.det(matrix[:ndim, :ndim])

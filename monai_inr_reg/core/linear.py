@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["rotation_matrix", "homogeneous", "about_center"]
+__all__ = ["rotation_matrix", "homogeneous", "about_center", "nearest_rotation", "rotation_parameters"]
 
 
 def rotation_matrix(rotation: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -30,3 +30,31 @@ def homogeneous(linear: torch.Tensor, translation: torch.Tensor) -> torch.Tensor
 def about_center(linear: torch.Tensor, translation: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
     """Homogeneous map ``x -> linear (x - center) + center + translation``."""
     return homogeneous(linear, center + translation - linear @ center)
+
+
+def nearest_rotation(linear: torch.Tensor) -> torch.Tensor:
+    """The rotation ``(D, D)`` closest to ``linear`` in the Frobenius norm (polar decomposition, det +1)."""
+    u, _, vt = torch.linalg.svd(linear)
+    d = torch.ones(linear.shape[0], dtype=linear.dtype, device=linear.device)
+    d[-1] = torch.sign(torch.linalg.det(u @ vt))
+    return u @ torch.diag(d) @ vt
+
+
+def rotation_parameters(rotation: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rotation_matrix`: ``(D, D)`` rotation -> 2D ``(1,)`` angle or 3D ``(3,)`` rotation
+    vector (radians). The identity gives exact zeros."""
+    r = rotation.to(torch.float64)
+    if r.shape[0] == 2:
+        return torch.atan2(r[1, 0], r[0, 0])[None]
+    cos = ((torch.trace(r) - 1.0) / 2.0).clamp(-1.0, 1.0)
+    angle = torch.arccos(cos)
+    if float(angle) == 0.0:
+        return torch.zeros(3, dtype=torch.float64)
+    skew = torch.stack([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])  # 2 sin(angle) axis
+    if float(torch.sin(angle)) > 1e-3:
+        return skew / (2.0 * torch.sin(angle)) * angle
+    # near pi the skew part vanishes: the axis from the symmetric part, (R + I) / 2 ~ a a^T
+    sym = ((r + r.T) / 2.0 + torch.eye(3, dtype=torch.float64)) / 2.0
+    column = int(torch.argmax(torch.diagonal(sym)))
+    axis = sym[:, column] / torch.linalg.norm(sym[:, column])
+    return axis * angle * (-1.0 if float(axis @ skew) < 0 else 1.0)

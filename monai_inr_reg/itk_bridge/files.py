@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..core.grid import ImageGrid, ddf_voxel_from_ddf_mm
+from ..io import read_transform
 from .images import _itk, field_image_from_ddf
 from .transforms import (_ddf_mm64, _field_transform, _is_identity, _matrix64, _matrix_transform, _residual_ddf_mm,
                          inverse_ddf_mm, transform_from_result)
@@ -17,29 +18,6 @@ from .transforms import (_ddf_mm64, _field_transform, _is_identity, _matrix64, _
 __all__ = ["read_transform", "save_result"]
 
 _FORMATS = ("h5", "tfm", "nii", "elastix")
-
-
-def read_transform(path):
-    """Read one ITK transform file (``.h5``, ``.tfm``, ``.mat``, ``.txt``) written by :func:`save_result`.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is not a transform ITK can read, or holds more than one transform.
-    """
-    itk = _itk()
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"read_transform(): 'path' {str(path)!r} does not exist")
-    try:
-        transforms = itk.transformread(str(path))
-    except Exception as error:  # ITK raises RuntimeError with a C++ trace
-        reason = next((line.split("):", 1)[-1].strip() for line in str(error).splitlines() if "ITK ERROR" in line),
-                      type(error).__name__)
-        raise ValueError(f"read_transform(): {str(path)!r} is not a transform file ITK can read ({reason})") from None
-    if len(transforms) != 1:
-        raise ValueError(f"read_transform(): {str(path)!r} holds {len(transforms)} transforms, expected 1; "
-                         f"use itk.transformread for a list")
-    return transforms[0]
 
 
 class _StagedFiles:

@@ -66,34 +66,35 @@ def _set_geometry(image, grid: ImageGrid) -> None:
 
 
 def image_to_tensor(image, *, name: str = "image") -> tuple[torch.Tensor, ImageGrid]:
-    """An ITK scalar image -> a ``(1, *S)`` float32 tensor and its grid.
+    """An ITK image -> a channel-first ``(C, *S)`` float32 tensor and its grid.
 
     Args:
-        image: ``itk.Image`` of any scalar pixel type, 2D or 3D.
+        image: ``itk.Image`` of any scalar, RGB(A) or vector pixel type, 2D or 3D.
         name: how error messages call the argument (``"fixed"``, ``"moving"``).
 
     Returns:
-        ``(tensor, grid)``: ``tensor`` ``(1, *S)`` float32 with array axes in ITK index order
-        (x, y, z), i.e. the transpose of ``itk.array_view_from_image``; ``grid`` its
-        :class:`ImageGrid` (LPS mm from origin, spacing and direction).
+        ``(tensor, grid)``: ``tensor`` ``(C, *S)`` float32 (``C`` = components per pixel: 1 for
+        scalar images, 3 for RGB) with array axes in ITK index order (x, y, z), i.e. the transpose
+        of ``itk.array_view_from_image``; ``grid`` its :class:`ImageGrid` (LPS mm from origin,
+        spacing and direction). :func:`monai_inr_reg.inputs.as_image_and_grid` turns colour into
+        luminance and refuses several channels in 3D.
 
     Raises:
         TypeError: not an ITK image.
-        ValueError: vector / RGB pixels, not 2D or 3D, NaN voxels, bad geometry.
+        ValueError: not 2D or 3D, NaN voxels, bad geometry.
     """
     itk = _itk()
     caller = "image_to_tensor()"
     _check_itk_image(image, caller, name)
     components = int(image.GetNumberOfComponentsPerPixel())
-    if components != 1:
-        raise ValueError(f"{caller}: '{name}' must be a scalar image, got {components} components per pixel "
-                         f"({type(image).__name__}); select or combine channels first")
     grid = grid_from_image(image, name=name, caller=caller)
     array = np.asarray(itk.array_view_from_image(image), dtype=np.float32)
     nan = int(np.isnan(array).sum())
     if nan:
         raise ValueError(f"{caller}: '{name}' has {nan} NaN voxels out of {array.size}")
-    tensor = torch.from_numpy(np.ascontiguousarray(array.transpose()))[None]
+    # (z, y, x[, C]) -> (C, x, y, z)
+    array = array.reshape(grid.shape[::-1] + (components,))
+    tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, -1, 0).transpose(0, *range(grid.ndim, 0, -1))))
     return tensor, grid
 
 

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.data.meta_obj import get_track_meta
-from monai.data.utils import to_affine_nd
 from monai.transforms.inverse import TraceableTransform
 from monai.utils import TransformBackends, ensure_tuple_rep
 from monai.utils.misc import ImageMetaKey
@@ -34,13 +33,6 @@ def _spatial_ndim(image, name: str, caller: str) -> int:
         shape = tuple(getattr(image, "shape", ()))
         raise ValueError(f"{caller}: {name!r} must be channel-first (C, H, W) or (C, H, W, D), got shape {shape}")
     return ndim - 1
-
-
-def _affine_nd(image, ndim: int):
-    """The image's RAS affine as a ``(D + 1, D + 1)`` float64 tensor (MONAI keeps 4x4 for 2D), or None."""
-    if not isinstance(image, MetaTensor):
-        return None
-    return to_affine_nd(ndim, torch.as_tensor(image.affine, dtype=torch.float64))
 
 
 def _plain(image) -> torch.Tensor:
@@ -90,11 +82,16 @@ class InrRegistration(TraceableTransform):
         overrides: merged into the preset, e.g. ``iterations_scale=0.5``; unknown keys raise ``ValueError``.
 
     Call:
-        ``reg(fixed, moving, *images, label_mode=None) -> (warped, ddf, *warped_images)``
+        ``reg(fixed, moving, *images, label_mode=None, fixed_mask=None, moving_mask=None,
+        initial_transform=None) -> (warped, ddf, *warped_images)``
 
-        - ``fixed``: ``(1, *S_fixed)`` MetaTensor (RAS affine, as ``LoadImage`` +
-          ``EnsureChannelFirst`` make it) or tensor / array (identity affine); 2D or 3D.
-        - ``moving``: ``(1, *S_moving)``, same kinds, any grid (size, spacing, orientation).
+        - ``fixed``: ``(C, *S_fixed)`` MetaTensor (RAS affine, as ``LoadImage`` +
+          ``EnsureChannelFirst`` make it, MONAI's ``4 x 4`` for 2D included) or tensor / array
+          (identity affine); 2D or 3D; a 2D RGB(A) image is registered by its luminance.
+        - ``moving``: ``(C, *S_moving)``, same kinds, any grid (size, spacing, orientation).
+        - ``fixed_mask`` / ``moving_mask``: optional masks on the fixed / moving grid;
+          ``initial_transform``: optional start (matrix or linear ITK / ANTs file); see
+          :func:`monai_inr_reg.register`.
         - ``images``: ``(C, *S_moving)`` further moving-grid images to warp.
         - ``warped``: ``(1, *S_fixed)`` float32 MetaTensor; ``warped_images``: ``(C, *S_fixed)``,
           dtype kept for ``nearest``.
@@ -134,22 +131,20 @@ class InrRegistration(TraceableTransform):
         self.progress = progress
         self.overrides = overrides
 
-    def register(self, fixed, moving) -> RegistrationResult:
-        """Run :func:`monai_inr_reg.register` on the two images (MetaTensor affines reduced to ``(D + 1)^2``)."""
+    def register(self, fixed, moving, *, fixed_mask=None, moving_mask=None, initial_transform=None) -> RegistrationResult:
+        """Run :func:`monai_inr_reg.register` on the two images (and optional masks / initial transform)."""
         from ..register import register
 
         ndim = _spatial_ndim(fixed, "fixed", "InrRegistration")
         moving_ndim = _spatial_ndim(moving, "moving", "InrRegistration")
         if ndim != moving_ndim:
             raise ValueError(f"InrRegistration: 'fixed' is {ndim}D but 'moving' is {moving_ndim}D; both must have the same dimension")
-        inputs = []
-        for image in (fixed, moving):
-            tensor = _plain(image)
-            inputs.append(MetaTensor(tensor, affine=_affine_nd(image, ndim)) if isinstance(image, MetaTensor) else tensor)
-        return register(inputs[0], inputs[1], self.preset, seed=self.seed, device=self.device, progress=self.progress,
-                        **self.overrides)
+        return register(fixed, moving, self.preset, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                        initial_transform=initial_transform, seed=self.seed, device=self.device,
+                        progress=self.progress, **self.overrides)
 
-    def __call__(self, fixed, moving, *images, label_mode: str | Sequence[str] | None = None):
+    def __call__(self, fixed, moving, *images, label_mode: str | Sequence[str] | None = None, fixed_mask=None,
+                 moving_mask=None, initial_transform=None):
         label_mode = self.label_mode if label_mode is None else label_mode
         modes = ensure_tuple_rep(label_mode, len(images)) if images else ()
         for m in modes:
@@ -160,7 +155,8 @@ class InrRegistration(TraceableTransform):
                 raise ValueError(
                     f"InrRegistration: extra image {index} must be on the moving grid, spatial shape {moving_shape}, "
                     f"got {tuple(image.shape[1:])}")
-        result = self.register(fixed, moving)
+        result = self.register(fixed, moving, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                               initial_transform=initial_transform)
         info = self.trace_info(result)
         moving_tensor = _plain(moving).to(torch.float32)
         warped = result.warp(moving_tensor, mode=self.mode).as_tensor()
@@ -224,7 +220,9 @@ class ApplyDdf(TraceableTransform):
         mode = self.mode if mode is None else mode
         _check_mode(mode, "mode", "ApplyDdf")
         ndim = _spatial_ndim(image, "image", "ApplyDdf")
-        field = _plain(ddf)
+        tensor, field = _plain(image), _plain(ddf)
+        if ndim == 3 and tensor.shape[-1] == 1 and field.shape[0] == 2:
+            tensor, ndim = tensor[..., 0], 2  # a 2D image stored as (C, X, Y, 1) (NIfTI), as its 2D field shows
         if field.ndim == ndim + 2 and field.shape[0] == ndim and field.shape[-1] == 1:
             field = field[..., 0]  # a 2D field read from NIfTI keeps a trailing singleton axis
         if field.ndim != ndim + 1 or field.shape[0] != ndim:
@@ -235,10 +233,9 @@ class ApplyDdf(TraceableTransform):
         if not isinstance(grid_source, MetaTensor):
             raise TypeError("ApplyDdf: 'ddf' must be a MetaTensor carrying the fixed affine, or give 'reference' "
                             f"(a MetaTensor on the fixed grid); got {type(ddf).__name__} and {type(reference).__name__}")
-        fixed_grid = ImageGrid.from_ras_affine(field.shape[1:], _affine_nd(grid_source, ndim))
-        moving_affine = _affine_nd(image, ndim) if isinstance(image, MetaTensor) else fixed_grid.affine_ras
-        moving_grid = ImageGrid.from_ras_affine(image.shape[1:], moving_affine)
-        tensor = _plain(image)
+        fixed_grid = ImageGrid.from_ras_affine(field.shape[1:], grid_source.affine)
+        moving_affine = image.affine if isinstance(image, MetaTensor) else fixed_grid.affine_ras
+        moving_grid = ImageGrid.from_ras_affine(tensor.shape[1:], moving_affine)
         result = RegistrationResult(fixed_grid=fixed_grid, moving_grid=moving_grid, ddf=field.to(torch.float32).cpu(),
                                     matrix_mm=torch.eye(ndim + 1, dtype=torch.float64), parametric=False,
                                     motion="deformable", moving_image=tensor)

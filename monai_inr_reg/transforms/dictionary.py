@@ -39,16 +39,28 @@ class InrRegistrationd(MapTransform, TraceableTransform):
         warped_key: optional extra key for the warped moving image (leave ``moving_key`` out of
             ``keys`` to keep the original moving image next to it).
         mode: per key, ``"bilinear"`` for images, ``"nearest"`` for labels: one value or one per key.
-        preset, seed, device, progress, overrides: as for ``InrRegistration``.
+        preset: as for ``InrRegistration``.
         allow_missing_keys: skip missing ``keys``; when ``fixed_key`` or ``moving_key`` is missing,
             return the data unchanged. Otherwise a missing key raises ``KeyError``.
+        fixed_mask_key, moving_mask_key: optional keys of masks on the fixed / moving grid (nonzero
+            = inside; e.g. loaded with ``LoadImaged`` like the images): the registration's data
+            terms use only what lies inside. A named key that is missing raises ``KeyError``
+            (unless ``allow_missing_keys``, which then registers without that mask).
+        initial_transform_key: optional key of an initial transform: a ``(D + 1, D + 1)`` matrix
+            (fixed LPS mm -> moving LPS mm) or the path of a linear ITK ``.h5`` / ``.tfm`` or ANTs
+            ``.mat`` file, as a datalist entry holds it.
+        seed, device, progress, overrides: as for ``InrRegistration``.
     """
 
     def __init__(self, keys: KeysCollection, fixed_key: str = "fixed", moving_key: str = "moving",
                  ddf_key: str = "ddf", warped_key: str | None = None, mode: str | Sequence[str] = "bilinear",
-                 preset: str | dict = "deformable", allow_missing_keys: bool = False, *, seed: int = 0, device=None,
-                 progress=None, **overrides) -> None:
+                 preset: str | dict = "deformable", allow_missing_keys: bool = False, *,
+                 fixed_mask_key: str | None = None, moving_mask_key: str | None = None,
+                 initial_transform_key: str | None = None, seed: int = 0, device=None, progress=None,
+                 **overrides) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.fixed_mask_key, self.moving_mask_key = fixed_mask_key, moving_mask_key
+        self.initial_transform_key = initial_transform_key
         self.mode = ensure_tuple_rep(mode, len(self.keys))
         for m in self.mode:
             _check_mode(m, "mode", "InrRegistrationd")
@@ -64,9 +76,17 @@ class InrRegistrationd(MapTransform, TraceableTransform):
                     return d
                 raise _missing(role, self)
         pairs = list(self.key_iterator(d, self.mode))  # raises KeyError for missing keys
+        optional = {}
+        for argument, key in (("fixed_mask", self.fixed_mask_key), ("moving_mask", self.moving_mask_key),
+                              ("initial_transform", self.initial_transform_key)):
+            if key is None:
+                continue
+            if key not in d and not self.allow_missing_keys:
+                raise _missing(key, self)
+            optional[argument] = d.get(key)
         fixed, moving = d[self.fixed_key], d[self.moving_key]
         outputs = self.registration(fixed, moving, *[d[key] for key, _ in pairs],
-                                    label_mode=[mode for _, mode in pairs])
+                                    label_mode=[mode for _, mode in pairs], **optional)
         warped, ddf = outputs[0], outputs[1]
         for (key, _), value in zip(pairs, outputs[2:]):
             d[key] = value

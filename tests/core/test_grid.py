@@ -137,3 +137,27 @@ def test_center_of_mass_is_the_physical_position_of_a_single_bright_voxel(ndim):
     both = grid.voxel_to_mm(torch.tensor([voxel, other], dtype=torch.float64)).mean(0)
     assert torch.allclose(grid.center_of_mass_mm(image), both, atol=1e-9)
     assert torch.allclose(grid.center_of_mass_mm(torch.zeros(grid.shape)), grid.center_mm())
+
+
+def test_affine_for_ndim_matches_monai_to_affine_nd():
+    from monai.data.utils import to_affine_nd
+
+    from monai_inr_reg.core.grid import affine_for_ndim
+
+    g = torch.Generator().manual_seed(5)
+    for _ in range(5):
+        affine = torch.eye(4, dtype=torch.float64)
+        affine[:3, :] = torch.randn(3, 4, generator=g, dtype=torch.float64)
+        reduced = affine_for_ndim(affine, 2)
+        assert torch.equal(reduced, torch.as_tensor(to_affine_nd(2, affine), dtype=torch.float64))
+        assert torch.equal(affine_for_ndim(affine, 3), affine)
+        assert torch.equal(affine_for_ndim(reduced, 2), reduced)
+    with pytest.raises(ValueError, match=r"affine must be a \(4, 4\) homogeneous matrix for a 3D image, got \(3, 3\)"):
+        affine_for_ndim(torch.eye(3), 3)
+    with pytest.raises(ValueError, match=r"\(3, 3\) or \(4, 4\) homogeneous matrix for a 2D image, got \(5, 5\)"):
+        affine_for_ndim(torch.eye(5), 2)
+    # the grid of a 2D image from MONAI's 4 x 4 affine: the same as from its 3 x 3 part
+    affine = torch.tensor([[0.9, 0.1, 0.0, -4.0], [-0.2, 1.1, 0.0, 7.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]],
+                          dtype=torch.float64)
+    assert torch.equal(ImageGrid.from_ras_affine((6, 5), affine).mm_from_voxel,
+                       ImageGrid.from_ras_affine((6, 5), affine_for_ndim(affine, 2)).mm_from_voxel)
