@@ -23,6 +23,7 @@ import csv
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datalist", type=Path)
     parser.add_argument("--dataset-dir", type=Path, help="base of relative paths (default: the datalist's folder)")
-    parser.add_argument("--output-dir", type=Path, default=Path("bundle_out"))
+    parser.add_argument("--output-dir", type=Path, help="output folder (default: a new temporary folder)")
     parser.add_argument("--preset", default="deformable")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--iterations-scale", type=float, default=1.0, help="fewer iterations for a quick try")
@@ -67,6 +68,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, default=3, help="number of synthetic pairs without --datalist")
     parser.add_argument("--no-itk", dest="itk", action="store_false", help="skip the ITK / ANTs transform files")
     args = parser.parse_args(argv)
+    args.output_dir = args.output_dir or Path(tempfile.mkdtemp(prefix="bundle_batch-"))
 
     datalist = args.datalist or write_synthetic_datalist(args.output_dir / "input", args.pairs)
     dataset_dir = args.dataset_dir or datalist.parent

@@ -18,6 +18,7 @@ treats keys that start with "<key>_" as meta dictionaries of "<key>".
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fixed"), parser.add_argument("--moving")
     parser.add_argument("--fixed-label"), parser.add_argument("--moving-label")
-    parser.add_argument("--output-dir", type=Path, default=Path("compose_out"))
+    parser.add_argument("--output-dir", type=Path, help="output folder (default: a new temporary folder)")
     parser.add_argument("--preset", default="deformable")
     parser.add_argument("--iterations-scale", type=float, default=1.0, help="fewer iterations for a quick try")
     parser.add_argument("--pixdim", type=float, default=1.1, help="moving image voxel size after Spacingd, mm")
@@ -72,6 +73,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ndim", type=int, default=3, choices=(2, 3), help="dimension of the synthetic pair")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
+    args.output_dir = args.output_dir or Path(tempfile.mkdtemp(prefix="compose_pipeline-"))
 
     if args.fixed and args.moving:
         paths = {"fixed_image": args.fixed, "moving_image": args.moving}

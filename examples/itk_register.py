@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ def main(argv=None) -> dict:
     parser.add_argument("fixed", nargs="?", help="fixed image (any ITK format); default: a tiny made-up pair")
     parser.add_argument("moving", nargs="?", help="moving image")
     parser.add_argument("--preset", default=None, help="default: rigid for the made-up pair, else deformable")
-    parser.add_argument("--out", default="itk_register_out", help="output folder")
+    parser.add_argument("--out", help="output folder (default: a new temporary folder)")
     parser.add_argument("--iterations-scale", type=float, default=1.0, help="multiplies every stage's iterations")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -59,7 +60,7 @@ def main(argv=None) -> dict:
 
     from monai_inr_reg import register_itk
 
-    out = Path(args.out)
+    out = Path(args.out or tempfile.mkdtemp(prefix="itk_register-"))
     out.mkdir(parents=True, exist_ok=True)
     if args.fixed is None:
         fixed_path, moving_path = make_pair(out)

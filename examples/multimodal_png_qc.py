@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,7 @@ def qc_figure(path: Path, fixed: np.ndarray, moving: np.ndarray, warped: np.ndar
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fixed", type=Path), parser.add_argument("--moving", type=Path)
-    parser.add_argument("--output-dir", type=Path, default=Path("multimodal_out"))
+    parser.add_argument("--output-dir", type=Path, help="output folder (default: a new temporary folder)")
     parser.add_argument("--preset", default="multimodal-rigid")
     parser.add_argument("--iterations-scale", type=float, default=1.0, help="fewer iterations for a quick try")
     parser.add_argument("--size", type=int, default=128, help="synthetic image size, pixels")
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shift", type=float, nargs=2, default=(6.0, -4.0), help="synthetic shift (x, y), pixels")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
-    out = args.output_dir
+    out = args.output_dir or Path(tempfile.mkdtemp(prefix="multimodal_png_qc-"))
     out.mkdir(parents=True, exist_ok=True)
 
     truth = None

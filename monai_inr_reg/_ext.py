@@ -2,9 +2,11 @@
 
 The C++ source ``csrc/hash_grid_cpu.cpp`` registers two torch custom ops
 (``torch.ops.monai_inr_reg.hash_grid_fwd`` / ``hash_grid_bwd``) and is compiled with
-``torch.utils.cpp_extension.load`` the first time :func:`kernel_available` is called in a process
-(cached under ``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``; later processes
-only load the shared library). It needs a C++ compiler and ninja. On x86-64 CPUs with AVX2 it is
+``torch.utils.cpp_extension.load`` the first time :func:`kernel_available` is called in a process.
+The build is cached per installed copy: in a folder of its own under ``$TORCH_EXTENSIONS_DIR``
+(default ``~/.cache/torch_extensions``) named by a hash of the source's content and location, the
+torch version and the flags (:func:`build_directory`), so two checkouts on one machine never
+rebuild each other's kernel; later processes only load the shared library. It needs a C++ compiler and ninja. On x86-64 CPUs with AVX2 it is
 built with ``-march=x86-64-v3`` (about 10-15 % faster) under its own name, falling back to
 generic code if that build fails. When the build fails, or when
 the environment variable ``MONAI_INR_REG_NO_EXT=1`` is set, :func:`kernel_available` returns
@@ -17,6 +19,7 @@ the environment variable ``MONAI_INR_REG_NO_EXT=1`` is set, :func:`kernel_availa
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import platform
@@ -29,7 +32,8 @@ import torch
 
 from .core.encoding import HashGridSpec, _check_inputs
 
-__all__ = ["kernel_available", "kernel_disabled", "hash_grid_encode_kernel", "ENV_SWITCH", "build_info"]
+__all__ = ["kernel_available", "kernel_disabled", "hash_grid_encode_kernel", "ENV_SWITCH", "build_info",
+           "build_directory"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,19 +69,37 @@ def _variants() -> list[tuple[str, list[str]]]:
     return variants
 
 
+def build_directory(name: str, flags: list[str], source: Path = _SOURCE) -> Path:
+    """Where the kernel ``name`` built with ``flags`` from ``source`` is cached: one folder per
+    installed copy and version of the source (content and location), torch version and flags."""
+    key = hashlib.sha256()
+    for part in (source.read_bytes(), str(source.resolve()).encode(), torch.__version__.encode(),
+                 platform.python_version().encode(), " ".join(flags).encode()):
+        key.update(part)
+        key.update(b"\0")
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    return root / "monai_inr_reg" / f"{name}-{key.hexdigest()[:16]}"
+
+
 def _build() -> None:
     start = time.perf_counter()
     errors = []
-    logger.info("monai_inr_reg: loading the hash-grid CPU kernel (the first use on a machine compiles it: 15-40 s)")
     try:
         from torch.utils import cpp_extension
 
         if not _SOURCE.is_file():
             raise FileNotFoundError(f"kernel source missing: {_SOURCE}")
         for name, flags in _variants():
+            directory = build_directory(name, flags)
+            built = any(directory.glob(f"{name}*.so"))
+            if not built:
+                logger.info("monai_inr_reg: building the CPU kernel once for this installation, about 40 s "
+                            "(cached in %s; not counted in registration times)", directory)
+            directory.mkdir(parents=True, exist_ok=True)
             try:
                 cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=flags,
-                                   extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+                                   extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False,
+                                   build_directory=str(directory))
                 break
             except Exception as exc:  # e.g. a compiler too old for -march=x86-64-v3: try the next
                 errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip()[:300]}")

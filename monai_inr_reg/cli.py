@@ -57,6 +57,8 @@ def parse_set(items: list[str] | None) -> dict:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    from .pipeline.writers import DEFAULT_OUTPUTS, OUTPUTS
+
     parser.add_argument("-o", "--output-dir", required=True, type=Path, help="output folder (one sub-folder per pair)")
     parser.add_argument("--preset", default="deformable",
                         help="rigid | affine | deformable | multimodal-rigid | multimodal-deformable | a YAML file")
@@ -65,6 +67,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the networks and point sampling (default 0)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:1")
     parser.add_argument("--no-itk", dest="itk", action="store_false", help="do not write ITK / ANTs transform files")
+    parser.add_argument("--outputs", metavar="NAMES",
+                        help=f"what each pair writes, comma-separated, from {','.join(OUTPUTS)} "
+                             f"(default {','.join(DEFAULT_OUTPUTS)}; ddf: the MONAI field, tfm: ITK text, ants: ANTs "
+                             f"warp + .mat, inverse: inverse transforms, jacobian: determinant map)")
+    parser.add_argument("--labels", metavar="IDS",
+                        help="label ids that Dice / HD95 average over: 2,3,4 or a file of ids (default: every label)")
 
 
 def _configure_register(parser: argparse.ArgumentParser) -> None:
@@ -96,7 +104,8 @@ def _run_datalist(args, datalist, dataset_dir=None, distributed=False) -> int:
     try:
         run_datalist(datalist, args.output_dir, dataset_dir=dataset_dir, preset=args.preset,
                      overrides=parse_set(args.overrides), device=args.device, seed=args.seed, itk=args.itk,
-                     distributed=distributed)
+                     distributed=distributed, outputs=args.outputs, labels=args.labels,
+                     progress=False if args.quiet else "auto")
     except PairFailures as err:
         print(f"monai-inr-reg: {err}", file=sys.stderr)
         return EXIT_FAILED_PAIRS
@@ -108,12 +117,26 @@ def _run_datalist(args, datalist, dataset_dir=None, distributed=False) -> int:
 
 
 def _run_register(args) -> int:
+    from .config import load_preset
+    from .pipeline import check_pair
+    from .pipeline.writers import check_outputs
+
     pair = {"fixed": str(Path(args.fixed).absolute()), "moving": str(Path(args.moving).absolute())}
     for key in ("fixed_label", "moving_label", "fixed_mask", "moving_mask", "initial_transform"):
         if getattr(args, key):
             pair[key] = str(Path(getattr(args, key)).absolute())
     if args.pair_id:
         pair["id"] = args.pair_id
+    try:  # one pair: a bad input is a usage error, found before anything is written
+        overrides = parse_set(args.overrides)
+        overrides.pop("progress", None)
+        load_preset(args.preset, **overrides)
+        check_outputs(args.outputs)
+        check_pair(pair)
+    except (ValueError, OSError) as err:
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"monai-inr-reg: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
     return _run_datalist(args, {"pairs": [pair]})
 
 
@@ -168,10 +191,27 @@ PASSTHROUGH: dict[str, tuple[str, str]] = {
 }
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _set_threads(options: list[str]) -> None:
+    """Apply ``--threads N`` from the options before a command (torch's intra-op threads)."""
+    if "--threads" in options and options.index("--threads") + 1 < len(options):
+        import torch
+
+        torch.set_num_threads(max(1, int(options[options.index("--threads") + 1])))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="monai-inr-reg",
                                      description="Image registration with untrained hash-grid coordinate networks.")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only, no progress bars")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads torch may use (default: torch's choice)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in SUBCOMMANDS:
         command.configure(sub.add_parser(command.name, help=command.help, description=command.help))
@@ -185,10 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     # passthrough commands hand everything after their name to their own parser
-    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-") and (i == 0 or argv[i - 1] != "--threads")),
+                 None)
     if first is not None and argv[first] in PASSTHROUGH:
         logging.basicConfig(level=logging.WARNING if "-q" in argv[:first] or "--quiet" in argv[:first] else logging.INFO,
                             format="%(message)s")
+        _set_threads(argv[:first])
         name = PASSTHROUGH[argv[first]][0]
         try:
             module = importlib.import_module(name)
@@ -201,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main(argv[first + 1:]) or 0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"monai-inr-reg: error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
+            return EXIT_USAGE
+        _set_threads(["--threads", str(args.threads)])
     command = next(c for c in SUBCOMMANDS if c.name == args.command)
     return command.run(args)
 

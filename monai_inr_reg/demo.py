@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -77,16 +78,19 @@ def run_demo(output_dir, *, preset: str = "multimodal-rigid", seed: int = 0, **o
     for name, image in (("fixed", fixed), ("moving", moving), ("warped", result.warped.as_tensor())):
         save_nifti(out / f"{name}.nii.gz", image, result.fixed_grid.affine_ras)
     write_qc_png(out / "qc.png", fixed[0].numpy(), moving[0].numpy(), result.warped[0].numpy(),
-                 jacobian_determinant(result.ddf).numpy(), title=f"demo, preset {preset}", origin="upper")
+                 jacobian_determinant(result.ddf).numpy(), title=f"demo, preset {preset}", origin="upper",
+                 note=f"mean corner error against the known motion: {float(error):.3f} px")
     return result, float(error)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="monai-inr-reg demo", description=__doc__.splitlines()[0])
-    parser.add_argument("-o", "--output-dir", default="demo_output", help="where to write the outputs")
+    parser.add_argument("-o", "--output-dir", help="where to write the outputs (default: a new temporary folder)")
     parser.add_argument("--preset", default="multimodal-rigid")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.output_dir is None:  # never into the current folder (often a checkout) unless asked
+        args.output_dir = tempfile.mkdtemp(prefix="monai-inr-reg-demo-")
     result, error = run_demo(args.output_dir, preset=args.preset, seed=args.seed)
     out = Path(args.output_dir)
     print(f"preset {args.preset}: {result.seconds:.1f} s, final loss {result.loss_history[-1]:.4f}")

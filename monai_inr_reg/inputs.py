@@ -53,25 +53,26 @@ def _drop_singleton_slice(tensor: torch.Tensor, grid: ImageGrid) -> tuple[torch.
     return tensor[..., 0], ImageGrid(grid.shape[:2], grid.mm_from_voxel[keep][:, keep])
 
 
-def _one_channel(tensor: torch.Tensor, name: str, caller: str) -> torch.Tensor:
+def _one_channel(tensor: torch.Tensor, name: str, caller: str, quiet: bool) -> torch.Tensor:
     channels, ndim = tensor.shape[0], tensor.ndim - 1
     if channels == 1:
         return tensor
+    log = logger.debug if quiet else logger.info
     if ndim == 2 and channels in (3, 4):
-        logger.info("%s: '%s' has %d channels (%s); registering its luminance (0.299 R + 0.587 G + 0.114 B)",
+        log("%s: '%s' has %d channels (%s); registering its luminance (0.299 R + 0.587 G + 0.114 B)",
                     caller, name, channels, "RGB" if channels == 3 else "RGBA")
         weights = torch.tensor(LUMINANCE_WEIGHTS, dtype=torch.float32)
         return torch.einsum("c,c...->...", weights, tensor[:3].to(torch.float32))[None]
     if ndim == 2 and channels == 2:
-        logger.info("%s: '%s' has 2 channels (grey + alpha); registering the grey channel", caller, name)
+        log("%s: '%s' has 2 channels (grey + alpha); registering the grey channel", caller, name)
         return tensor[:1]
     raise ValueError(
         f"{caller}: '{name}' has {channels} channels (shape {tuple(tensor.shape)}); registration takes one: pick it "
         f"first, e.g. image[k:k + 1] in Python or monai.transforms.SplitDim / ITK's VectorIndexSelectionCast")
 
 
-def as_image_and_grid(image, name: str, *, grid: ImageGrid | None = None,
-                      caller: str = "register()") -> tuple[torch.Tensor, ImageGrid]:
+def as_image_and_grid(image, name: str, *, grid: ImageGrid | None = None, caller: str = "register()",
+                      quiet: bool = False) -> tuple[torch.Tensor, ImageGrid]:
     """A user's image -> (float32 ``(1, *S)`` tensor, its :class:`ImageGrid`), validated.
 
     Args:
@@ -80,6 +81,7 @@ def as_image_and_grid(image, name: str, *, grid: ImageGrid | None = None,
         name: how errors call it (``"fixed"``, ``"moving"``).
         grid: the image's grid when known (LPS mm, e.g. from ITK); then ``image``'s own affine is ignored.
         caller: the public function named in errors.
+        quiet: say nothing about a colour conversion (a check before the registration says it).
 
     Returns:
         ``(tensor, grid)``; array axes of ``tensor`` are ``grid``'s voxel axes.
@@ -101,7 +103,7 @@ def as_image_and_grid(image, name: str, *, grid: ImageGrid | None = None,
         raise ValueError(f"{caller}: '{name}' {err}") from None
     if tensor.ndim == 4 and tensor.shape[-1] == 1 and min(tensor.shape[1:3]) > 1:
         tensor, grid = _drop_singleton_slice(tensor, grid)
-    tensor = _one_channel(tensor, name, caller)
+    tensor = _one_channel(tensor, name, caller, quiet)
     if tensor.numel() == 0 or min(tensor.shape[1:]) < 2:
         raise ValueError(f"{caller}: '{name}' is empty or has a spatial size below 2: shape {tuple(tensor.shape)}")
     tensor = tensor.to(torch.float32)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._ext import kernel_available
 from .config import HASH_MOTIONS, PARAMETRIC_MOTIONS, load_preset
 from .core.encoding import level_weights
 from .core.grid import ImageGrid, NormalisedBox, apply_affine, ddf_voxel_from_ddf_mm
@@ -435,6 +436,7 @@ def _refine(pair: _Pair, motion, name: str, config: dict, *, generator: torch.Ge
             done += 1
             if show and bar is not None:
                 bar.update(1)
+                bar.set_postfix_str(f"refine loss {losses[-1]:.4f}", refresh=False)
         return losses
 
     candidates = [motion]
@@ -529,6 +531,8 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
     initial_transform = as_initial_matrix(initial_transform, fixed_grid.ndim)
     config = load_preset(config)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu":
+        kernel_available()  # a first build (tens of seconds, once per installation) is not registration time
     start = time.perf_counter()
     # Adam's second moments of tiny gradients underflow to denormals, which make CPU matmuls ~100x
     # slower; flushing them to zero changes no result that matters.
@@ -566,8 +570,8 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
         motion, from_start = _refine(pair, motion, stages[-1], config, generator=generator, bar=bar, history=history,
                                      start=initial)
         if from_start:
-            logger.info("monai_inr_reg: the refinement from the initial alignment scored better than from the "
-                        "image-net stages; kept it")
+            logger.info("monai_inr_reg: the final stage matched the images better when started from the initial "
+                        "alignment than from the first stages' result; that result is returned")
         stage_ends.append(("refine", len(history)))
         stage_seconds["refine"] = time.perf_counter() - start - sum(stage_seconds.values())
         matrix = motion.matrix().detach().to(torch.float64).cpu()

@@ -61,7 +61,7 @@ def pairs(tmp_path_factory) -> dict:
                 paths["label"] = paths["dir"] / "moving_label.nii.gz"
                 nib.save(nib.Nifti1Image(label, affine), str(paths["label"]))
         code = main(["-q", "register", str(paths["fixed"]), str(paths["moving"]), "-o", str(paths["dir"] / "out"),
-                     "--preset", "rigid", "--set", "iterations_scale=0.2", "--no-itk", "--device", "cpu"])
+                     "--preset", "rigid", "--set", "iterations_scale=0.2", "--outputs", "warped,ddf,h5", "--device", "cpu"])
         assert code == 0
         paths["pair"] = paths["dir"] / "out" / "moving_to_fixed"
         out[ndim] = paths
@@ -136,7 +136,7 @@ def test_cli_bad_input_exits_2_and_writes_nothing(pairs, tmp_path, capsys):
     cases = [
         (["--transform", str(tmp_path / "nope"), "--input", str(p2["moving"])],
          ["'transform'", "nope", "does not exist"]),
-        (["--transform", str(tmp_path / "empty"), "--input", str(p2["moving"])], ["holds no ddf.nii.gz"]),
+        (["--transform", str(tmp_path / "empty"), "--input", str(p2["moving"])], ["holds neither ddf.nii.gz nor itk/transform.h5"]),
         (["--transform", str(p2["pair"].parent), "--input", str(p2["moving"])], ["moving_to_fixed"]),
         (["--transform", str(p2["pair"]), "--input", str(tmp_path / "missing.nii.gz")],
          ["'--input'", "missing.nii.gz", "does not exist"]),
@@ -183,3 +183,21 @@ def test_lazy_top_level_export():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_itk_transform_of_the_pair_applies_like_its_field(pairs, ndim):
+    """Without ddf.nii.gz (not a default output) the pair's itk/transform.h5 is used, on the fixed grid."""
+    p = pairs[ndim]
+    via_field = apply_transform(p["pair"] / "ddf.nii.gz", p["moving"])
+    via_itk = apply_transform(p["pair"] / "itk" / "transform.h5", p["moving"], p["fixed"])
+    assert via_itk.shape == via_field.shape
+    assert torch.allclose(via_itk.as_tensor(), via_field.as_tensor(), atol=1e-3 * float(via_field.abs().max()))
+    folder_only_itk = p["dir"] / "only_itk"
+    folder_only_itk.mkdir(exist_ok=True)
+    (folder_only_itk / "itk").mkdir(exist_ok=True)
+    for name in ("warped.nii.gz", "itk/transform.h5"):
+        (folder_only_itk / name).write_bytes((p["pair"] / name).read_bytes())
+    via_folder = apply_transform(folder_only_itk, p["moving"])
+    assert torch.allclose(via_folder.as_tensor(), via_itk.as_tensor())
+    assert np.allclose(np.asarray(via_folder.affine), np.asarray(load(p["fixed"]).affine), atol=1e-6)

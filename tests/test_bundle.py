@@ -15,7 +15,7 @@ from transforms.synthetic_pairs import write_datalist
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundle" / "configs"
-PAIR_FILES = {"warped.nii.gz", "warped_label.nii.gz", "ddf.nii.gz", "qc.png", "done.json"}
+PAIR_FILES = {"warped.nii.gz", "warped_label.nii.gz", "qc.png", "done.json"}  # the default outputs (and itk/)
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
@@ -67,7 +67,7 @@ def test_bundle_run_fails_one_pair_then_a_rerun_completes_it(tmp_path):
     final = rows(tmp_path / "out")
     assert len(final) == 3 and [r["pair"] for r in final] == [p["id"] for p in pairs]
     assert all(r["status"] == "ok" and float(r["dice"]) > float(r["dice_before"]) for r in final), final
-    assert log.count("complete, skipped") == 2
+    assert log.count("done earlier with the same inputs and settings, skipped") == 2
     assert snapshot(out_dirs[0]) == before  # first outputs untouched (bytes and mtimes)
     for pair_dir in out_dirs:
         assert PAIR_FILES <= {p.name for p in pair_dir.iterdir()}
@@ -121,3 +121,34 @@ def test_torchrun_two_ranks_process_each_pair_exactly_once(tmp_path):
     merged = rows(tmp_path / "out")
     assert [r["pair"] for r in merged] == [p["id"] for p in pairs] and all(r["status"] == "ok" for r in merged)
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == sorted(p["id"] for p in pairs)
+
+
+def test_preprocessing_is_monai_components_and_counts_for_resume(tmp_path):
+    """The bundle spells out how pairs are read (LoadImaged, EnsureChannelFirstd, ...); another
+    preprocessing (here Orientationd to LPS) is honoured and redoes the pairs."""
+    import nibabel as nib
+    import numpy as np
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
+
+    from monai_inr_reg.pipeline import run_datalist
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.yaml"))
+    preprocessing = parser.get_parsed_content("preprocessing")
+    assert [type(t).__name__ for t in preprocessing.transforms] == ["LoadImaged", "EnsureChannelFirstd"]
+    datalist = write_datalist(tmp_path, 1)
+    pair = load_datalist(datalist)[0]
+    run_datalist(datalist, tmp_path / "out", preset="rigid", overrides={"iterations_scale": 0.1}, itk=False,
+                 preprocessing=preprocessing)
+    done = tmp_path / "out" / pair["id"] / "done.json"
+    first = done.stat().st_mtime_ns
+    keys = ["fixed", "moving", "fixed_label", "moving_label"]
+    reoriented = Compose([LoadImaged(keys, image_only=True), EnsureChannelFirstd(keys), Orientationd(keys, axcodes="LPS")])
+    run_datalist(datalist, tmp_path / "out", preset="rigid", overrides={"iterations_scale": 0.1}, itk=False,
+                 preprocessing=reoriented)
+    assert done.stat().st_mtime_ns != first  # other preprocessing: redone
+    warped = nib.load(str(tmp_path / "out" / pair["id"] / "warped.nii.gz"))
+    fixed = nib.load(pair["fixed"])
+    assert nib.aff2axcodes(warped.affine)[:2] == ("L", "P") and nib.aff2axcodes(fixed.affine)[:2] == ("R", "A")
+    assert np.allclose(np.abs(np.diag(warped.affine))[:2], np.abs(np.diag(fixed.affine))[:2])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 import types
@@ -31,7 +32,8 @@ def test_register_writes_the_same_files_as_one_bundle_pair(tmp_path):
     from monai.bundle import run as bundle_run
 
     paths = write_pair(tmp_path / "data", 2)
-    common = ["--preset", "rigid", "--set", "iterations_scale=0.1", "--seed", "3", "--device", "cpu", "--no-itk"]
+    common = ["--preset", "rigid", "--set", "iterations_scale=0.1", "--seed", "3", "--device", "cpu", "--no-itk",
+              "--outputs", "warped,labels,ddf,qc,metrics"]
     code = main(["register", paths["fixed"], paths["moving"], "--fixed-label", paths["fixed_label"],
                  "--moving-label", paths["moving_label"], "-o", str(tmp_path / "cli"), *common])
     assert code == 0
@@ -40,7 +42,8 @@ def test_register_writes_the_same_files_as_one_bundle_pair(tmp_path):
         ' "fixed_label": "data/fixed_label.nii.gz", "moving_label": "data/moving_label.nii.gz"}]}')
     bundle_run(config_file=str(ROOT / "bundle" / "configs" / "inference.yaml"), dataset_dir=str(tmp_path),
                datalist=str(tmp_path / "list.json"), output_dir=str(tmp_path / "bundle"), preset="rigid",
-               device="cpu", seed=3, write_itk=False, overrides={"iterations_scale": 0.1})
+               device="cpu", seed=3, write_itk=False, overrides={"iterations_scale": 0.1},
+               outputs="warped,labels,ddf,qc,metrics")
     cli, bundle = tmp_path / "cli", tmp_path / "bundle"
     assert files(cli) == files(bundle)
     assert files(cli) >= {"metrics.csv", "metrics.json", "moving_to_fixed/warped.nii.gz", "moving_to_fixed/ddf.nii.gz",
@@ -56,9 +59,27 @@ def test_register_writes_the_same_files_as_one_bundle_pair(tmp_path):
 def test_exit_codes(tmp_path, capsys):
     paths = write_pair(tmp_path / "data", 2)
     out = str(tmp_path / "out")
-    assert main(["register", paths["fixed"], str(tmp_path / "nope.nii.gz"), "-o", out, "--preset", "rigid"]) == 1
+    # one pair: a bad input is a usage error (exit 2, one line naming it, nothing written)
+    nan_path = tmp_path / "nan.nii.gz"
+    data = nib.load(paths["moving"]).get_fdata().astype(np.float32)
+    data[2, 3] = np.nan
+    nib.save(nib.Nifti1Image(data, nib.load(paths["moving"]).affine), str(nan_path))
+    volume = tmp_path / "volume.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.rand(6, 6, 6).astype(np.float32), np.eye(4)), str(volume))
+    for moving, message in ((str(tmp_path / "nope.nii.gz"), "nope.nii.gz' does not exist"),
+                            (str(nan_path), "'moving' has 1 NaN or infinite voxels"),
+                            (str(volume), "'fixed' is 2D (28, 24) but 'moving' is 3D")):
+        assert main(["register", paths["fixed"], moving, "-o", out, "--preset", "rigid"]) == 2, message
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("monai-inr-reg: error: ") and message in err and "\n" not in err, err
+        assert not Path(out).exists()
+    # many pairs: a failed pair is recorded and the run exits 1
+    datalist = tmp_path / "list.json"
+    datalist.write_text(json.dumps({"pairs": [dict(paths), dict(paths, moving=str(tmp_path / "nope.nii.gz"), id="bad")]}))
+    assert main(["batch", str(datalist), "-o", out, "--preset", "rigid", "--set", "iterations_scale=0.1",
+                 "--no-itk"]) == 1
     assert "1 pair(s) failed" in capsys.readouterr().err
-    assert read_rows(Path(out))[0]["status"] == "failed"
+    assert [r["status"] for r in read_rows(Path(out))] == ["ok", "failed"]
     assert main(["register", paths["fixed"], paths["moving"], "-o", out, "--preset", "fancy"]) == 2
     assert "unknown preset 'fancy'" in capsys.readouterr().err
     assert main(["register", paths["fixed"], paths["moving"], "-o", out, "--set", "iteration_scale=1"]) == 2

@@ -190,7 +190,7 @@ def test_array_transform(files, kind):
 def test_cli_register(files, kind, tmp_path):
     out = tmp_path / "out"
     code = main(["register", files[kind]["fixed"], files[kind]["moving"], "-o", str(out), "--id", "pair",
-                 "--preset", PRESET, "--set", "iterations_scale=0.5", "--no-itk", "--device", "cpu"])
+                 "--preset", PRESET, "--set", "iterations_scale=0.5", "--outputs", "warped,ddf", "--device", "cpu"])
     assert code == 0
     assert_shift(load(str(out / "pair" / "ddf.nii.gz")), kind)
 
@@ -203,7 +203,7 @@ def test_bundle_run_over_every_kind(files, tmp_path):
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(ROOT / "bundle" / "configs" / "inference.yaml"),
          "--dataset_dir", str(tmp_path), "--datalist", str(tmp_path / "datalist.json"), "--output_dir",
          str(tmp_path / "out"), "--preset", PRESET, "--device", "cpu", "--write_itk", "false",
-         "--overrides#iterations_scale", "0.5"],
+         "--overrides#iterations_scale", "0.5", "--outputs", "warped,ddf"],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for kind in ALL:

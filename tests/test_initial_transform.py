@@ -110,7 +110,8 @@ def test_itk_files_and_matrices_start_alike(pair, tmp_path):
 def test_cli_initial_transform(pair, tmp_path):
     out = tmp_path / "out"
     code = main(["register", pair["fixed"], pair["moving"], "--initial-transform", ants_mat(tmp_path / "init.mat", 60.0),
-                 "-o", str(out), "--id", "pair", "--preset", "rigid", "--set", "iterations_scale=0.5", "--no-itk"])
+                 "-o", str(out), "--id", "pair", "--preset", "rigid", "--set", "iterations_scale=0.5",
+                 "--outputs", "warped,ddf"])
     assert code == 0
     ddf = LoadImage(image_only=True, ensure_channel_first=True)(str(out / "pair" / "ddf.nii.gz"))[..., 0]
     # the centre stays (a rotation about it); a corner moves as the true rotation takes it

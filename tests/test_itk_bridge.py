@@ -140,7 +140,7 @@ def result_3d():
 @pytest.fixture(scope="module")
 def saved_3d(result_3d, tmp_path_factory):
     directory = tmp_path_factory.mktemp("saved3d")
-    return itk_bridge.save_result(result_3d, directory)
+    return itk_bridge.save_result(result_3d, directory, formats=("h5", "tfm", "nii"), inverse=True)
 
 
 @pytest.fixture(scope="module")
@@ -337,11 +337,12 @@ def test_inverse_field_maps_points_back(result_3d, saved_3d):
 
 
 def test_rigid_save_writes_mat_and_exact_inverse(rigid_3d, tmp_path):
-    files = itk_bridge.save_result(rigid_3d, tmp_path, prefix="r_")
+    files = itk_bridge.save_result(rigid_3d, tmp_path, prefix="r_", formats=("h5", "tfm", "nii"), inverse=True)
     assert set(files) == {"h5", "tfm", "affine_mat", "inverse_h5", "inverse_tfm"}
     assert files["h5"].name == "r_transform.h5"
     forward = itk_bridge.read_transform(files["h5"])
-    assert forward.GetNameOfClass() == "Euler3DTransform"
+    assert forward.GetNameOfClass() == "AffineTransform"  # the .h5 is written without ITK: an exact matrix
+    assert itk_bridge.read_transform(files["tfm"]).GetNameOfClass() == "Euler3DTransform"
     inverse = itk_bridge.read_transform(files["inverse_h5"])
     mat = itk_bridge.read_transform(files["affine_mat"])
     p = [3.0, -4.0, 25.0]
@@ -366,8 +367,8 @@ def test_save_failure_leaves_no_partial_files(result_3d, tmp_path, monkeypatch):
 
     monkeypatch.setattr(itk, "imwrite", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        itk_bridge.save_result(result_3d, tmp_path / "out", inverse=False)
-    assert list((tmp_path / "out").iterdir()) == []
+        itk_bridge.save_result(result_3d, tmp_path / "out", formats=("h5", "nii"), inverse=False)
+    assert list((tmp_path / "out").iterdir()) == []  # the .h5 written first was removed too
     with pytest.raises(ValueError, match="'formats' must be a non-empty selection"):
         itk_bridge.save_result(result_3d, tmp_path, formats=("png",))
     (tmp_path / "file").write_text("")
@@ -404,7 +405,8 @@ def result_2d():
 
 
 def test_2d_transform_files_and_inverse(result_2d, tmp_path_factory):
-    files = itk_bridge.save_result(result_2d, tmp_path_factory.mktemp("saved2d"))
+    files = itk_bridge.save_result(result_2d, tmp_path_factory.mktemp("saved2d"), formats=("h5", "tfm", "nii"),
+                                   inverse=True)
     for key in ("h5", "tfm"):
         transform = itk.transformread(str(files[key]))[0]
         assert transform.GetNthTransform(1).GetNameOfClass() == "DisplacementFieldTransform"

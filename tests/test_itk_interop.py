@@ -75,7 +75,7 @@ def result_3d():
 @pytest.fixture(scope="module")
 def files_3d(result_3d, tmp_path_factory):
     return itk_bridge.save_result(result_3d, tmp_path_factory.mktemp("interop3d"),
-                                  formats=("h5", "nii", "elastix"))
+                                  formats=("h5", "nii", "elastix"), inverse=True)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "monai_inr_reg"
 
 # rank of each module (lower may not import higher); adapters share the top rank
 LAYERS = {
-    "core": 0, "config": 0, "_ext": 0,
+    "core": 0, "config": 0, "_ext": 0, "atomic": 0,
     "nn": 1, "result": 1, "io": 1, "inputs": 1,
     "motion": 2,
     "register": 3,

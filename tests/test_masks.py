@@ -108,14 +108,14 @@ def test_cli_and_bundle_masks(pair_files, tmp_path):
 
     code = main(["register", pair_files["fixed"], pair_files["moving"], "--fixed-mask", pair_files["fixed_mask"],
                  "--moving-mask", pair_files["moving_mask"], "-o", str(tmp_path / "cli"), "--id", "pair",
-                 "--preset", "rigid", "--set", "iterations_scale=0.5", "--no-itk"])
+                 "--preset", "rigid", "--set", "iterations_scale=0.5", "--outputs", "warped,ddf"])
     assert code == 0
     load = LoadImage(image_only=True, ensure_channel_first=True)
     assert abs(shift_of(load(str(tmp_path / "cli" / "pair" / "ddf.nii.gz"))) - INSIDE_SHIFT) < 0.5
     (tmp_path / "list.json").write_text(json.dumps({"pairs": [dict(pair_files, id="pair")]}))
     bundle_run(config_file=str(ROOT / "bundle" / "configs" / "inference.yaml"), dataset_dir=str(tmp_path),
                datalist=str(tmp_path / "list.json"), output_dir=str(tmp_path / "bundle"), preset="rigid",
-               device="cpu", write_itk=False, overrides={"iterations_scale": 0.5})
+               device="cpu", write_itk=False, overrides={"iterations_scale": 0.5}, outputs="warped,ddf")
     assert abs(shift_of(load(str(tmp_path / "bundle" / "pair" / "ddf.nii.gz"))) - INSIDE_SHIFT) < 0.5
 
 

@@ -19,6 +19,8 @@ from transforms.synthetic_pairs import write_datalist, write_pair
 
 register_module = importlib.import_module("monai_inr_reg.register")
 PAIR_FILES = {"warped.nii.gz", "warped_label.nii.gz", "ddf.nii.gz", "qc.png", "done.json"}
+DEFAULT_FILES_NO_ITK = PAIR_FILES - {"ddf.nii.gz"}  # the default outputs less the ITK .h5
+WITH_DDF = ("warped", "labels", "ddf", "qc", "metrics")
 QUICK = {"iterations_scale": 0.1}
 
 
@@ -56,7 +58,8 @@ def snapshot(directory):
 def test_register_pair_writes_every_output(tmp_path):
     paths = write_pair(tmp_path / "data", 2)
     pair = load_datalist({"pairs": [paths]})[0]
-    row = register_pair(pair, tmp_path / "out", preset="rigid", overrides=QUICK, device="cpu", itk=False)
+    row = register_pair(pair, tmp_path / "out", preset="rigid", overrides=QUICK, device="cpu", itk=False,
+                        outputs=WITH_DDF)
     pair_dir = tmp_path / "out" / pair["id"]
     assert {p.name for p in pair_dir.iterdir()} == PAIR_FILES  # and no temporary file left
     assert row["status"] == "ok" and row["error"] == ""
@@ -96,7 +99,7 @@ def test_rerun_skips_complete_pairs_and_redoes_partial_ones(tmp_path, stub):
     rows = run_datalist(datalist, tmp_path / "out", preset="rigid", itk=False)
     assert len(stub) == 3  # only the partial pair ran again
     assert snapshot(first) == before
-    assert {p.name for p in second.iterdir()} == PAIR_FILES
+    assert {p.name for p in second.iterdir()} == DEFAULT_FILES_NO_ITK
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert len(read_csv(tmp_path / "out" / "metrics.csv")) == 2
     # other settings make the stored outputs stale
@@ -186,7 +189,7 @@ def test_save_nifti_round_trips_through_monai(tmp_path, shape):
     if len(shape) == 3 and shape[0] > 1:
         back = back[..., 0]  # MONAI reads a 2D multi-channel NIfTI with a trailing singleton axis
     assert torch.allclose(back.as_tensor(), data) and torch.allclose(back.affine, affine)
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not list(tmp_path.glob(".partial-*"))
 
 
 def test_save_nifti_picks_a_label_type(tmp_path):

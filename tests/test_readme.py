@@ -40,8 +40,13 @@ def test_readme_first_pairs_run_as_written(tmp_path):
     truth = torch.from_numpy(np.loadtxt(tmp_path / "example_data" / "truth.txt"))
     fixed = nib.load(str(tmp_path / "example_data" / "fixed.nii.gz"))
     grid = ImageGrid.from_ras_affine(fixed.shape, torch.from_numpy(fixed.affine))
-    saved = nib.load(str(tmp_path / "out" / "3d" / "moving_to_fixed" / "ddf.nii.gz"))
-    ddf = torch.from_numpy(np.asarray(saved.dataobj, dtype=np.float64)).permute(3, 0, 1, 2)  # stored (X, Y, Z, 3)
+    import itk
+
+    from monai_inr_reg.itk_bridge import ddf_from_transform
+
+    # the default outputs hold the ITK transform (read here with ITK itself)
+    transform = itk.transformread(str(tmp_path / "out" / "3d" / "moving_to_fixed" / "itk" / "transform.h5"))[0]
+    ddf = ddf_from_transform(transform, grid)
     moved_voxel = grid.voxel_points(dtype=torch.float64) + ddf.reshape(3, -1).T
     moved_mm = grid.voxel_to_mm(moved_voxel)
     expected_mm = grid.mm_points(dtype=torch.float64) @ truth[:3, :3].T + truth[:3, 3]

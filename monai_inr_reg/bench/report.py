@@ -6,11 +6,12 @@ import json
 import math
 import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import write_text as atomic_write_text
 
 __all__ = ["markdown_table", "fmt", "write_json", "write_text", "machine_info", "save_qc_png", "overlay_rgb"]
 
@@ -52,13 +53,7 @@ def write_json(path, payload: dict) -> Path:
 
 
 def write_text(path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)
 
 
 def machine_info() -> dict:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_path
 from ..core.grid import ImageGrid, ddf_voxel_from_ddf_mm
 from ..io import read_transform
+from .h5 import affine_part, field_part, write_transform_h5
 from .images import _itk, field_image_from_ddf
 from .transforms import (_ddf_mm64, _field_transform, _is_identity, _matrix64, _matrix_transform, _residual_ddf_mm,
                          inverse_ddf_mm, transform_from_result)
@@ -21,36 +22,25 @@ _FORMATS = ("h5", "tfm", "nii", "elastix")
 
 
 class _StagedFiles:
-    """Write every file to a temporary name in its final directory, then rename all into place.
-
-    The temporary name keeps the final suffix (ITK picks the file format from it) and starts with
-    a dot; on any error all temporaries are removed and no final file is touched.
-    """
+    """Several files written as one: each to its own :func:`~monai_inr_reg.atomic.atomic_path`, all
+    renamed into place when the block succeeds, all removed on any error (no final file touched)."""
 
     def __init__(self, directory: Path):
         self.directory = directory
-        self.token = uuid.uuid4().hex[:8]
+        self.stack = ExitStack()
         self.staged: dict[str, tuple[Path, Path]] = {}
 
     def path(self, key: str, filename: str) -> str:
         final = self.directory / filename
-        temporary = self.directory / f".partial-{self.token}-{filename}"
-        self.staged[key] = (temporary, final)
-        return str(temporary)
+        self.staged[key] = (self.stack.enter_context(atomic_path(final)), final)
+        return str(self.staged[key][0])
 
     def __enter__(self):
+        self.stack.__enter__()
         return self
 
     def __exit__(self, kind, error, trace):
-        if error is not None:
-            for temporary, _ in self.staged.values():
-                temporary.unlink(missing_ok=True)
-            return False
-        for temporary, final in self.staged.values():
-            if not temporary.is_file():
-                raise OSError(f"save_result(): writing {final.name!r} produced no file")
-            os.replace(temporary, final)
-        return False
+        return self.stack.__exit__(kind, error, trace)
 
     def final(self, key: str) -> Path:
         return self.staged[key][1]
@@ -115,14 +105,17 @@ def _write_elastix_parameters(result, matrix: torch.Tensor, files: "_StagedFiles
         initial = str(files.final(key).resolve())
 
 
-def save_result(result, directory, *, prefix: str = "", formats=("h5", "tfm", "nii"), inverse: bool = True) -> dict[str, Path]:
+def save_result(result, directory, *, prefix: str = "", formats=("h5",), inverse: bool = False,
+                precision: str = "float32", compression: bool = True) -> dict[str, Path]:
     """Write a registration result as transform files that ITK, ANTs and elastix read.
 
     Files (``prefix`` before each name), all fixed -> moving unless called inverse:
 
-    - ``"h5"`` -> ``transform.h5`` and ``"tfm"`` -> ``transform.tfm``: :func:`transform_from_result`
-      via ``itk.transformwrite`` (read back with ``itk.transformread`` or :func:`read_transform`;
-      ANTs reads the ``.h5`` too). A ``.tfm`` of a field is text, about 20 bytes per component.
+    - ``"h5"`` -> ``transform.h5`` (:mod:`monai_inr_reg.itk_bridge.h5`, without loading ITK; the
+      matrix stage as an ``AffineTransform``) and ``"tfm"`` -> ``transform.tfm``
+      (:func:`transform_from_result` via ``itk.transformwrite``): read back with
+      ``itk.transformread`` or :func:`read_transform`; ANTs reads the ``.h5`` too. A ``.tfm`` of a field is text, about 20 bytes per component
+      (382 MB for a 160 x 192 x 224 field): ask for it only when a tool needs text.
     - ``"nii"`` -> the ANTs files: ``warp.nii.gz``, the (residual) field on the fixed grid as an
       ANTs displacement NIfTI (5-D ``(X, Y, Z, 1, 3)``, intent vector (1007), float32, LPS mm
       displacements, the fixed image's affine), and ``affine.mat`` for a matrix stage (ITK's
@@ -148,8 +141,12 @@ def save_result(result, directory, *, prefix: str = "", formats=("h5", "tfm", "n
         result: a :class:`~monai_inr_reg.result.RegistrationResult`.
         directory: output folder (created if missing).
         prefix: prepended to every file name.
-        formats: any of ``"h5"``, ``"tfm"``, ``"nii"``, ``"elastix"``.
-        inverse: also write the inverse transform.
+        formats: any of ``"h5"``, ``"tfm"``, ``"nii"``, ``"elastix"`` (default: ``.h5`` only).
+        inverse: also write the inverse transform (computed only then; default no).
+        precision: ``"float32"`` (default) or ``"float64"``: the field values in the ``.h5`` (ITK
+            stores doubles; float32-rounded ones compress to about half). Matrices stay exact;
+            the ``.tfm`` is float64 and the ANTs warp NIfTI float32 either way.
+        compression: compress the ``.h5`` fields (HDF5's shuffle + gzip, which ITK reads).
 
     Returns:
         ``{key: path}`` with keys among ``h5, tfm, warp_nii, affine_mat, elastix, elastix_initial,
@@ -158,7 +155,6 @@ def save_result(result, directory, *, prefix: str = "", formats=("h5", "tfm", "n
     Raises:
         ValueError: unknown format, or ``directory`` is a file.
     """
-    itk = _itk()
     formats = (formats,) if isinstance(formats, str) else tuple(formats)
     unknown = [f for f in formats if f not in _FORMATS]
     if unknown or not formats:
@@ -168,22 +164,24 @@ def save_result(result, directory, *, prefix: str = "", formats=("h5", "tfm", "n
         raise ValueError(f"save_result(): 'directory' {str(directory)!r} exists and is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
 
-    transform = transform_from_result(result)
     matrix = _matrix64(result)
     inverse_ddf = None if (result.parametric or not inverse) else inverse_ddf_mm(result)
-    if not inverse:
-        inverse_transform = None
-    elif result.parametric:
-        inverse_transform = _matrix_transform(torch.linalg.inv(matrix), result.moving_grid.center_mm())
-    else:
-        inverse_transform = _field_transform(inverse_ddf, result.moving_grid)
     with _StagedFiles(directory) as files:
-        for ext in ("h5", "tfm"):
-            if ext in formats:
-                itk.transformwrite([transform], files.path(ext, f"{prefix}transform.{ext}"))
-                if inverse_transform is not None:
-                    itk.transformwrite([inverse_transform], files.path(f"inverse_{ext}", f"{prefix}inverse.{ext}"))
+        if "h5" in formats:  # written without ITK: loading ITK's modules costs more than a 2D registration
+            write_transform_h5(files.path("h5", f"{prefix}transform.h5"), _h5_parts(result, matrix, precision),
+                               compression=compression)
+            if inverse:
+                write_transform_h5(files.path("inverse_h5", f"{prefix}inverse.h5"),
+                                   _inverse_h5_parts(result, matrix, inverse_ddf, precision), compression=compression)
+        if "tfm" in formats:
+            itk = _itk()
+            itk.transformwrite([transform_from_result(result)], files.path("tfm", f"{prefix}transform.tfm"))
+            if inverse:
+                inverse_transform = (_matrix_transform(torch.linalg.inv(matrix), result.moving_grid.center_mm())
+                                     if result.parametric else _field_transform(inverse_ddf, result.moving_grid))
+                itk.transformwrite([inverse_transform], files.path("inverse_tfm", f"{prefix}inverse.tfm"))
         if "nii" in formats and (result.parametric or not _is_identity(matrix)):
+            itk = _itk()
             affine = itk.AffineTransform[itk.D, result.ndim].New()  # ANTs reads AffineTransform_double_D_D
             affine.SetMatrix(itk.matrix_from_array(np.ascontiguousarray(matrix[:-1, :-1].numpy())))
             affine.SetOffset([float(v) for v in matrix[:-1, -1]])
@@ -192,12 +190,28 @@ def save_result(result, directory, *, prefix: str = "", formats=("h5", "tfm", "n
             grid = result.fixed_grid
             warp = _ddf_mm64(result) if _is_identity(matrix) else _residual_ddf_mm(result)
             field = field_image_from_ddf(ddf_voxel_from_ddf_mm(warp, grid.mm_from_voxel), grid, dtype="float32")
-            itk.imwrite(field, files.path("warp_nii", f"{prefix}warp.nii.gz"))
+            _itk().imwrite(field, files.path("warp_nii", f"{prefix}warp.nii.gz"))
             if inverse_ddf is not None and "nii" in formats:
                 grid = result.moving_grid
                 field = field_image_from_ddf(ddf_voxel_from_ddf_mm(inverse_ddf, grid.mm_from_voxel), grid,
                                              dtype="float32")
-                itk.imwrite(field, files.path("inverse_warp_nii", f"{prefix}inverse_warp.nii.gz"))
+                _itk().imwrite(field, files.path("inverse_warp_nii", f"{prefix}inverse_warp.nii.gz"))
         if "elastix" in formats:
             _write_elastix_parameters(result, matrix, files, prefix)
     return files.result()
+
+
+def _h5_parts(result, matrix: torch.Tensor, precision: str) -> list:
+    """The parts of :func:`transform_from_result`'s transform, as :func:`write_transform_h5` takes them."""
+    center = result.fixed_grid.center_mm()
+    if result.parametric:
+        return [affine_part(matrix, center)]
+    if _is_identity(matrix):
+        return [field_part(_ddf_mm64(result), result.fixed_grid, precision=precision)]
+    return [affine_part(matrix, center), field_part(_residual_ddf_mm(result), result.fixed_grid, precision=precision)]
+
+
+def _inverse_h5_parts(result, matrix: torch.Tensor, inverse_ddf, precision: str) -> list:
+    if result.parametric:
+        return [affine_part(torch.linalg.inv(matrix), result.moving_grid.center_mm())]
+    return [field_part(inverse_ddf, result.moving_grid, precision=precision)]

@@ -11,7 +11,7 @@ from ..core.grid import ImageGrid, apply_affine, as_mm_from_voxel, ddf_mm_from_d
 from ..core.sample import sample_image
 from .images import _itk, field_image_from_ddf
 
-__all__ = ["transform_from_result", "inverse_ddf_mm"]
+__all__ = ["transform_from_result", "inverse_ddf_mm", "ddf_from_transform"]
 
 _ROTATION_TOLERANCE = 1e-6  # max |R^T R - I| for a matrix stage to be written as an Euler transform
 
@@ -157,3 +157,35 @@ def inverse_ddf_mm(result, *, iterations: int = 50, tolerance_voxel: float = 1e-
             warnings.warn(f"inverse_ddf_mm(): the inverse did not converge in {iterations} iterations: worst "
                           f"residual {error:.3g} fixed voxels (is the field folding?)", RuntimeWarning, stacklevel=2)
     return (x - y).T.reshape((d,) + result.moving_grid.shape)
+
+
+def ddf_from_transform(transform, grid: ImageGrid) -> torch.Tensor:
+    """An ITK transform (fixed -> moving points) -> MONAI voxel DDF ``(D, *S)`` float64 on ``grid``.
+
+    The reverse of :func:`transform_from_result` for what it writes (and what ANTs writes): a
+    linear transform, a ``DisplacementFieldTransform``, or a ``CompositeTransform`` of those (ITK
+    applies the last added first). Linear parts are exact; a field is interpolated linearly, with
+    zero displacement outside its grid, as ITK does (at the voxels of its own grid: exact).
+
+    Raises:
+        ValueError: another dimension than ``grid``, or a part that is neither linear nor a field.
+    """
+    from ..io import matrix_from_transform
+    from .images import ddf_from_field_image
+
+    itk = _itk()
+    d = grid.ndim
+    if int(transform.GetInputSpaceDimension()) != d:
+        raise ValueError(f"ddf_from_transform(): a {int(transform.GetInputSpaceDimension())}D transform for a {d}D grid")
+    parts = [itk.down_cast(transform.GetNthTransform(i)) for i in range(transform.GetNumberOfTransforms())] \
+        if hasattr(transform, "GetNumberOfTransforms") else [transform]
+    fixed_mm = grid.mm_points(dtype=torch.float64)
+    points = fixed_mm
+    for part in reversed(parts):
+        if "DisplacementField" in str(part.GetNameOfClass()):
+            field_voxel, field_grid = ddf_from_field_image(part.GetDisplacementField())
+            field_mm = ddf_mm_from_ddf_voxel(field_voxel, field_grid.mm_from_voxel)
+            points = points + sample_image(field_mm, field_grid.mm_to_voxel(points), padding_mode="zeros")
+        else:
+            points = apply_affine(matrix_from_transform(part, d, name=str(part.GetNameOfClass())), points)
+    return ddf_voxel_from_ddf_mm((points - fixed_mm).T.reshape((d,) + grid.shape), grid.mm_from_voxel)
