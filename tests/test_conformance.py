@@ -134,7 +134,7 @@ def test_register_on_loaded_metatensors(files, kind):
     assert_shift(register(fixed, moving, PRESET, **OPTIONS).ddf, kind)
 
 
-@pytest.mark.parametrize("kind", ["png", "rgb_png", "nifti_2d", "nrrd"])
+@pytest.mark.parametrize("kind", ALL)
 def test_register_on_metatensor_with_default_affine(files, kind):
     # MetaTensor(x): MONAI's default 4 x 4 identity affine, whatever the spatial rank
     fixed, moving = (MetaTensor(torch.as_tensor(np.asarray(load(files[kind][r])))) for r in ("fixed", "moving"))
@@ -178,7 +178,7 @@ def test_dictionary_transform_in_compose_and_apply_ddf(files, kind):
     assert torch.allclose(applied.as_tensor(), out["warped"].as_tensor(), atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["rgb_png", "nifti_2d_slice", "nifti_3d_oblique"])
+@pytest.mark.parametrize("kind", ALL)
 def test_array_transform(files, kind):
     fixed, moving = load(files[kind]["fixed"]), load(files[kind]["moving"])
     warped, ddf = InrRegistration(PRESET, **OPTIONS)(fixed, moving)
