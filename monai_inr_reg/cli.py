@@ -1,4 +1,4 @@
-"""Command line: ``monai-inr-reg register | batch | demo | bench``.
+"""Command line: ``monai-inr-reg register | batch | apply | presets | demo | bench``.
 
 ``register`` writes exactly what the bundle writes for one pair (``OUT/<pair id>/`` plus
 ``OUT/metrics.csv`` / ``metrics.json``); ``batch`` runs a datalist through the same
@@ -178,10 +178,33 @@ def _run_apply(args) -> int:
     return EXIT_OK
 
 
+def _configure_presets(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("list", "show"), help="list the presets, or show one resolved")
+    parser.add_argument("name", nargs="?", default="deformable", help="preset name or YAML file (for show)")
+    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                        help="show the preset with these overrides merged in")
+
+
+def _run_presets(args) -> int:
+    from .config import describe_preset, list_presets
+
+    try:
+        if args.action == "list":
+            print("\n".join(list_presets()))
+        else:
+            print(describe_preset(args.name, **parse_set(args.overrides)), end="")
+    except (ValueError, OSError) as err:
+        print(f"monai-inr-reg: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand("register", "register one pair (same outputs as one bundle pair)", _configure_register, _run_register),
     Subcommand("batch", "register every pair of a datalist (what the bundle runs)", _configure_batch, _run_batch),
     Subcommand("apply", "warp an image with a saved transform (as antsApplyTransforms)", _configure_apply, _run_apply),
+    Subcommand("presets", "list the presets, or show one with every option, its default and unit", _configure_presets,
+               _run_presets),
 ]
 
 # name -> (module with main(argv: list[str]) -> int, help); the module parses its own arguments

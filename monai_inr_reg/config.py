@@ -1,6 +1,7 @@
 """Presets: load ``configs/<name>.yaml``, merge overrides, validate. The one configuration loader.
 
-A preset is a nested dict. Overrides are deep-merged (a dict merges into a dict, anything else
+``configs/base.yaml`` holds every option with its default and unit (the schema); each preset file
+states only what differs from it, so a default changes in one place. A preset is a nested dict. Overrides are deep-merged (a dict merges into a dict, anything else
 replaces). Unknown keys are errors that list the valid ones, so a typo fails before any work.
 Dotted keys (``"deformable.iterations"``) address nested entries, as the command line's
 ``--set key=value`` does.
@@ -16,7 +17,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["load_preset", "list_presets", "merge_overrides", "nested_overrides", "MOTIONS", "INITIAL_ALIGNMENTS", "REFINE_METRICS", "PARAMETRIC_MOTIONS", "HASH_MOTIONS"]
+__all__ = ["load_preset", "list_presets", "describe_preset", "merge_overrides", "nested_overrides", "MOTIONS", "INITIAL_ALIGNMENTS", "REFINE_METRICS", "PARAMETRIC_MOTIONS", "HASH_MOTIONS"]
 
 PARAMETRIC_MOTIONS = ("rigid", "affine")
 HASH_MOTIONS = ("deformable", "near_rigid")
@@ -28,9 +29,13 @@ REFINE_METRICS = ("mapped_l2", "mutual_information")
 _FREE_FORM = {"encoding", "network"}
 
 
+_BASE = "base"
+
+
 def list_presets() -> list[str]:
-    """Names of the shipped presets (``configs/*.yaml``)."""
-    return sorted(p.name[:-5] for p in resources.files("monai_inr_reg.configs").iterdir() if p.name.endswith(".yaml"))
+    """Names of the shipped presets (``configs/*.yaml`` but the defaults, ``base.yaml``)."""
+    return sorted(p.name[:-5] for p in resources.files("monai_inr_reg.configs").iterdir()
+                  if p.name.endswith(".yaml") and p.name != f"{_BASE}.yaml")
 
 
 def _read_yaml(path) -> dict:
@@ -51,8 +56,8 @@ def _parse_yaml(path: str, mtime_ns: int, size: int) -> dict:
 
 
 def _schema() -> dict:
-    # every preset has every key; the union of all shipped presets is the schema
-    return _read_yaml(resources.files("monai_inr_reg.configs") / "deformable.yaml")
+    """``base.yaml``: every option with its default; presets and user YAML files are read over it."""
+    return _read_yaml(resources.files("monai_inr_reg.configs") / f"{_BASE}.yaml")
 
 
 def nested_overrides(overrides: dict) -> dict:
@@ -111,7 +116,8 @@ def load_preset(preset: str | dict | Path = "deformable", **overrides: Any) -> d
         names = list_presets()
         if preset not in names:
             raise ValueError(f"load_preset(): unknown preset {preset!r}; valid presets: {', '.join(names)}")
-        base = _read_yaml(resources.files("monai_inr_reg.configs") / f"{preset}.yaml")
+        base = merge_overrides(schema, _read_yaml(resources.files("monai_inr_reg.configs") / f"{preset}.yaml"),
+                               schema=schema)
     config = merge_overrides(base, overrides, schema=schema)
     if config.get("motion") == "near-rigid":  # the spelling users type; sections use identifiers
         config["motion"] = "near_rigid"
@@ -146,3 +152,50 @@ def _validate(config: dict) -> None:
                          f"got {config['refine']['also_from_start']!r}")
     if config["multimodal"] not in (True, False):
         raise ValueError(f"load_preset(): 'multimodal' must be true or false, got {config['multimodal']!r}")
+
+
+def _comments(text: str) -> dict[str, str]:
+    """``{"dotted.key": comment}`` for the keys of a block-style YAML text that carry a ``#`` comment."""
+    comments, stack = {}, []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or ":" not in stripped or stripped.startswith("-"):
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        key = stripped.split(":", 1)[0].strip()
+        if not key.replace("_", "").isalnum():
+            continue  # a continuation line of a flow mapping
+        stack = [(i, k) for i, k in stack if i < indent] + [(indent, key)]
+        if " #" in line:
+            comments[".".join(k for _, k in stack)] = line.split(" #", 1)[1].strip()
+    return comments
+
+
+def describe_preset(preset: str | dict | Path = "deformable", **overrides: Any) -> str:
+    """A preset resolved over the defaults, as YAML with each option's unit and meaning (from
+    ``base.yaml``); options the preset (or ``overrides``) set otherwise than the defaults are marked
+    ``[preset]``. What ``monai-inr-reg presets show NAME`` prints."""
+    config = load_preset(preset, **overrides)
+    schema = _schema()
+    comments = _comments((resources.files("monai_inr_reg.configs") / f"{_BASE}.yaml").read_text())
+    lines: list[str] = []
+
+    def emit(node: dict, default: dict, path: str, indent: int) -> None:
+        for key, value in node.items():
+            dotted = f"{path}{key}"
+            note = comments.get(dotted, "")
+            if value != default.get(key):
+                note = f"[preset] {note}".strip()
+            suffix = f"  # {note}" if note else ""
+            if isinstance(value, dict) and key not in _FREE_FORM:
+                lines.append(f"{' ' * indent}{key}:{suffix}")
+                emit(value, default.get(key) or {}, dotted + ".", indent + 2)
+            else:
+                text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+                text = text[:-4].strip() if text.endswith("\n...") or text.endswith("...") else text
+                lines.append(f"{' ' * indent}{key}: {text}{suffix}")
+
+    name = preset if isinstance(preset, str) else "custom"
+    lines.append(f"# preset {name}, resolved over configs/{_BASE}.yaml; [preset]: differs from the default")
+    emit(config, schema, "", 0)
+    return "\n".join(lines) + "\n"
