@@ -27,7 +27,8 @@ def leaves(node: dict, prefix: str = "") -> dict:
 
 def test_presets_are_deltas_over_the_defaults():
     base = leaves(_schema())
-    assert list_presets() == ["affine", "deformable", "multimodal-deformable", "multimodal-rigid", "rigid"]
+    assert list_presets() == ["affine", "deformable", "multimodal-deformable", "multimodal-paper-deformable",
+                              "multimodal-paper-rigid", "multimodal-rigid", "paper-deformable", "paper-rigid", "rigid"]
     for name in list_presets():
         delta = leaves(preset_file(name))
         assert set(delta) <= set(base), name

@@ -21,8 +21,8 @@ from . import baselines
 
 __all__ = ["MethodOutput", "RIGID_METHODS", "DEFORMABLE_METHODS", "run_method", "method_label", "PeakRSS"]
 
-RIGID_METHODS = ("identity", "ours-rigid", "ours-near-rigid", "ants", "elastix")
-DEFORMABLE_METHODS = ("identity", "ours", "ants-syn", "ants-syncc")
+RIGID_METHODS = ("identity", "ours-rigid", "ours-near-rigid", "paper-rigid", "ants", "elastix")
+DEFORMABLE_METHODS = ("identity", "ours", "paper-deformable", "ants-syn", "ants-syncc")
 
 
 @dataclass
@@ -88,7 +88,9 @@ def method_label(name: str, *, multimodal: bool) -> str:
     return {
         "identity": "no registration",
         "ours-rigid": "ours, exact rigid",
-        "ours-near-rigid": "ours, near-rigid hash (paper)",
+        "ours-near-rigid": "ours, near-rigid hash (paper's motion net)",
+        "paper-rigid": "the paper as published (preset paper-rigid)",
+        "paper-deformable": "the paper as published (preset paper-deformable)",
         "elastix": "elastix rigid MI, 3 starts",
         "ours": "ours",
         "ants-syn": "ANTs SyN (Mattes MI)",
@@ -126,8 +128,9 @@ def run_method(name: str, fixed: np.ndarray, fixed_grid: ImageGrid, moving: np.n
     """Run one method on one pair.
 
     Args:
-        name: a rigid method (``identity``, ``ours-rigid``, ``ours-near-rigid``, ``ants``,
-            ``elastix``) or a deformable one (``identity``, ``ours``, ``ants-syn``, ``ants-syncc``).
+        name: a rigid method (``identity``, ``ours-rigid``, ``ours-near-rigid``, ``paper-rigid``,
+            ``ants``, ``elastix``) or a deformable one (``identity``, ``ours``, ``paper-deformable``,
+            ``ants-syn``, ``ants-syncc``).
         fixed, moving: ``(*S_fixed)`` / ``(*S_moving)`` float arrays on ``fixed_grid`` / ``moving_grid``.
         multimodal: picks our preset (``multimodal-*``) and ANTs' rigid metric (Mattes MI vs MeanSquares).
         iterations_scale: passed to ``register`` as the override ``iterations_scale`` (None: preset's).
@@ -146,6 +149,9 @@ def run_method(name: str, fixed: np.ndarray, fixed_grid: ImageGrid, moving: np.n
             overrides = {"motion": "near_rigid"} if name == "ours-near-rigid" else {}
             out = _ours(fixed, fixed_grid, moving, moving_grid, preset=preset, seed=seed,
                         iterations_scale=iterations_scale, overrides=overrides)
+        elif name in ("paper-rigid", "paper-deformable"):
+            out = _ours(fixed, fixed_grid, moving, moving_grid, preset=("multimodal-" if multimodal else "") + name,
+                        seed=seed, iterations_scale=iterations_scale, overrides={})
         elif name == "ours":
             preset = "multimodal-deformable" if multimodal else "deformable"
             out = _ours(fixed, fixed_grid, moving, moving_grid, preset=preset, seed=seed,

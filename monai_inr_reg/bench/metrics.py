@@ -15,6 +15,7 @@ import math
 import numpy as np
 import torch
 
+from ..core.fields import log_jacobian_std
 from ..core.grid import ImageGrid, apply_affine, ddf_voxel_from_ddf_mm
 from ..metrics import folding_percent, label_overlap
 
@@ -24,6 +25,7 @@ __all__ = [
     "SUCCESS_THRESHOLD",
     "endpoint_error",
     "folding_percent_mm",
+    "sdlogj_mm",
     "label_overlap",
     "label_centroids_mm",
     "centroid_error_mm",
@@ -104,6 +106,13 @@ def folding_percent_mm(ddf_mm: torch.Tensor, grid: ImageGrid, mask=None) -> floa
     """Percent of fixed voxels (inside ``mask``) where ``x -> x + ddf_mm(x)`` folds (Jacobian det <= 0)."""
     ddf_voxel = ddf_voxel_from_ddf_mm(torch.as_tensor(ddf_mm, dtype=torch.float64), grid.mm_from_voxel)
     return folding_percent(ddf_voxel, mask=None if mask is None else torch.as_tensor(np.asarray(mask, dtype=bool)))
+
+
+def sdlogj_mm(ddf_mm: torch.Tensor, grid: ImageGrid, mask=None) -> float:
+    """Learn2Reg's SDlogJ of ``x -> x + ddf_mm(x)`` on the fixed grid (inside ``mask``); see
+    :func:`monai_inr_reg.core.fields.log_jacobian_std` (the determinant is the same in voxel and mm frames)."""
+    ddf_voxel = ddf_voxel_from_ddf_mm(torch.as_tensor(ddf_mm, dtype=torch.float64), grid.mm_from_voxel)
+    return float(log_jacobian_std(ddf_voxel, mask=None if mask is None else torch.as_tensor(np.asarray(mask, dtype=bool))))
 
 
 def label_centroids_mm(labels: np.ndarray, grid: ImageGrid) -> dict[int, np.ndarray]:

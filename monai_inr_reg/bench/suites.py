@@ -268,6 +268,7 @@ def _score_field(out, true_ddf, grid, mask) -> dict:
     rec = bmetrics.endpoint_error(ddf, true_ddf, mask)
     rec["folding_percent"] = bmetrics.folding_percent_mm(ddf, grid)
     rec["folding_percent_mask"] = bmetrics.folding_percent_mm(ddf, grid, mask)
+    rec["sdlogj"] = bmetrics.sdlogj_mm(ddf, grid, mask)
     return rec
 
 
@@ -303,15 +304,15 @@ def _warp_cases(opts: SuiteOptions, suite: str, group: str, pairs, names, n: int
 
 
 def _field_table(records: list[dict], names: list[str], multimodal: bool, unit: str) -> str:
-    headers = ["method", f"median EPE ({unit})", f"p90 EPE ({unit})", "folding %", "s/pair", "peak MiB"]
+    headers = ["method", f"median EPE ({unit})", f"p90 EPE ({unit})", "folding %", "SDlogJ", "s/pair", "peak MiB"]
     rows = []
     for name in names:
         mine = [r for r in records if r["method"] == name]
         failed = sum(r["error"] is not None for r in mine)
         label = method_label(name, multimodal=multimodal) + (f" ({failed} failed)" if failed else "")
         rows.append([label, _mean([r.get("epe_median_mm") for r in mine]), _mean([r.get("epe_p90_mm") for r in mine]),
-                     _mean([r.get("folding_percent") for r in mine]), _mean([r.get("seconds") for r in mine]),
-                     _mean([r.get("peak_mb") for r in mine])])
+                     _mean([r.get("folding_percent") for r in mine]), _mean([r.get("sdlogj") for r in mine]),
+                     _mean([r.get("seconds") for r in mine]), _mean([r.get("peak_mb") for r in mine])])
     return markdown_table(headers, rows)
 
 
@@ -358,6 +359,7 @@ def _label_case(opts, suite, group, pair: bdata.LabelledPair, names, records, *,
                 rec["landmark_error_mm"] = _mean(list(landmarks.values()))
             ddf = _ddf(out, pair.fixed_grid)
             rec["folding_percent"] = bmetrics.folding_percent_mm(ddf, pair.fixed_grid)
+            rec["sdlogj"] = bmetrics.sdlogj_mm(ddf, pair.fixed_grid)
             rec.update(seconds=out.seconds, peak_mb=out.peak_mb, info=out.info)
         records.append(rec)
         opts.say(f"  {pair.name} {name}: Dice {rec.get('dice', math.nan):.3f}, HD95 {rec.get('hd95_mm', math.nan):.2f} mm, "
@@ -369,9 +371,9 @@ def _label_case(opts, suite, group, pair: bdata.LabelledPair, names, records, *,
 
 def _label_table(records, names, multimodal, *, prostate: bool = False) -> str:
     if prostate:
-        headers = ["method", "gland Dice", "landmark error (mm)", "folding %", "s/pair", "peak MiB"]
+        headers = ["method", "gland Dice", "landmark error (mm)", "folding %", "SDlogJ", "s/pair", "peak MiB"]
     else:
-        headers = ["method", "Dice", "HD95 (mm)", "folding %", "s/pair", "peak MiB"]
+        headers = ["method", "Dice", "HD95 (mm)", "folding %", "SDlogJ", "s/pair", "peak MiB"]
     rows = []
     for name in names:
         mine = [r for r in records if r["method"] == name]
@@ -379,7 +381,7 @@ def _label_table(records, names, multimodal, *, prostate: bool = False) -> str:
         label = method_label(name, multimodal=multimodal) + (f" ({failed} failed)" if failed else "")
         first = [_mean([r.get("gland_dice") for r in mine]), _mean([r.get("landmark_error_mm") for r in mine])] \
             if prostate else [_mean([r.get("dice") for r in mine]), _mean([r.get("hd95_mm") for r in mine])]
-        rows.append([label] + first + [_mean([r.get("folding_percent") for r in mine]),
+        rows.append([label] + first + [_mean([r.get("folding_percent") for r in mine]), _mean([r.get("sdlogj") for r in mine]),
                                        _mean([r.get("seconds") for r in mine]), _mean([r.get("peak_mb") for r in mine])])
     return markdown_table(headers, rows)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["jacobian_determinant", "folding_fraction"]
+__all__ = ["jacobian_determinant", "folding_fraction", "log_jacobian_std"]
 
 
 def _check_ddf(ddf_voxel: torch.Tensor, caller: str) -> int:
@@ -91,3 +91,32 @@ def folding_fraction(ddf_voxel: torch.Tensor, *, mask: torch.Tensor | None = Non
     if int(count) == 0:
         return torch.zeros((), dtype=det.dtype, device=det.device)
     return (folded & mask).sum().to(det.dtype) / count.to(det.dtype)
+
+
+def log_jacobian_std(ddf_voxel: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Standard deviation of the log Jacobian determinant (Learn2Reg's SDlogJ): how unevenly the
+    motion stretches and squeezes; 0 for any affine motion.
+
+    As Learn2Reg computes it: determinants clipped to ``[1e-9, 1e9]`` (so folds count as very
+    large squeezes), then the population standard deviation of their logarithm.
+
+    Args:
+        ddf_voxel: ``(D, *S)`` float, voxel units (see :func:`jacobian_determinant`).
+        mask: optional ``(*S)`` (or ``(1, *S)``) boolean / 0-1 tensor; only voxels inside count.
+
+    Returns:
+        0-d float tensor (dimensionless); NaN for an empty mask.
+    """
+    det = jacobian_determinant(ddf_voxel)
+    values = torch.log(det.clamp(1e-9, 1e9))
+    if mask is not None:
+        mask = torch.as_tensor(mask, device=det.device)
+        if mask.ndim == det.ndim + 1 and mask.shape[0] == 1:
+            mask = mask[0]
+        if tuple(mask.shape) != tuple(det.shape):
+            raise ValueError(f"log_jacobian_std(): 'mask' must have the field's spatial shape {tuple(det.shape)}, "
+                             f"got {tuple(mask.shape)}")
+        values = values[mask.bool()]
+    if values.numel() == 0:
+        return torch.full((), float("nan"), dtype=det.dtype, device=det.device)
+    return values.std(correction=0)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..atomic import write_text
-from ..core.fields import jacobian_determinant
+from ..core.fields import jacobian_determinant, log_jacobian_std
 from ..core.sample import warp_image_mm
 from ..inputs import as_image_and_grid, as_initial_matrix, as_mask
 from ..metrics import label_overlap
@@ -168,6 +168,7 @@ def _process(pair: dict, pair_dir: Path, *, preset, overrides: dict, device, see
                 written.append(save_nifti(pair_dir / "warped_label.nii.gz", warped_label, affine, label=True))
         det = jacobian_determinant(result.ddf)
         row["folding_percent"] = 100.0 * float((det <= 0).float().mean())
+        row["sdlogj"] = float(log_jacobian_std(result.ddf))  # Learn2Reg's regularity measure
         if "jacobian" in outputs:
             written.append(save_nifti(pair_dir / "jacobian.nii.gz", det[None], affine))
         identity_mm = result.fixed_grid.mm_points(dtype=torch.float64)  # no registration: through the affines only

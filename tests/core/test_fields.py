@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from monai_inr_reg.core.fields import folding_fraction, jacobian_determinant
+from monai_inr_reg.core.fields import folding_fraction, jacobian_determinant, log_jacobian_std
 from monai_inr_reg.core.grid import ImageGrid, ddf_voxel_from_ddf_mm
 
 
@@ -107,3 +107,25 @@ def test_bad_fields_name_the_argument(bad, error, match):
 def test_bad_mask_names_the_argument():
     with pytest.raises(ValueError, match="'mask' must have the field's spatial shape"):
         folding_fraction(torch.zeros(2, 5, 5), mask=torch.ones(4, 5))
+
+
+def test_sdlogj_against_a_hand_computed_field():
+    # an affine motion stretches evenly: SDlogJ 0
+    affine = linear_ddf(torch.tensor([[1.2, 0.1], [0.0, 0.9]], dtype=torch.float64), (12, 10))
+    assert float(log_jacobian_std(affine)) < 1e-12
+    # x-displacement with slope a on the left half, b on the right: det = 1 + a and 1 + b away from the seam
+    a, b = 0.5, -0.2
+    x = torch.arange(20, dtype=torch.float64)
+    ux = torch.where(x < 10, a * x, a * 10 + b * (x - 10))
+    ddf = torch.stack([ux[:, None].expand(20, 8), torch.zeros(20, 8, dtype=torch.float64)])
+    away = torch.ones(20, 8, dtype=torch.bool)
+    away[9:11] = False  # central differences straddle the seam there
+    expected = abs(math.log(1 + a) - math.log(1 + b)) / 2  # two equal groups of voxels
+    assert float(log_jacobian_std(ddf, mask=away)) == pytest.approx(expected, rel=1e-12)
+    # a fold counts as a squeeze to 1e-9 (Learn2Reg's clipping)
+    folded = ddf.clone()
+    folded[0] = -2.0 * x[:, None].expand(20, 8)  # det = -1 everywhere
+    assert float(log_jacobian_std(folded)) == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(float(log_jacobian_std(ddf, mask=torch.zeros(20, 8))))
+    with pytest.raises(ValueError, match="'mask' must have the field's spatial shape"):
+        log_jacobian_std(ddf, mask=torch.ones(3, 3))
