@@ -336,6 +336,25 @@ def _score(pair: _Pair, motion, fixed_values: torch.Tensor, moving: torch.Tensor
     return math.inf if math.isnan(value) else value
 
 
+_SUSPECT_MARGIN = 0.01  # relative: a final data term this much worse than the better start is suspect
+
+
+def _quality(pair: _Pair, motion, initial: torch.Tensor | None, config: dict) -> dict:
+    """How well the images match (the final stage's data term on the sharp images, lower is better)
+    with no registration (the grids placed through their affines), at the start of the first stage,
+    and at the end; ``suspect`` when the end is worse than the better of the two starts (by more
+    than ``_SUSPECT_MARGIN`` of its magnitude): the registration made things worse."""
+    refine = config["refine"]
+    start = torch.eye(pair.ndim + 1, dtype=torch.float64) if initial is None else initial
+    no_registration = _score(pair, lambda points: points, pair.fixed_values, pair.moving, refine)
+    at_start = _score(pair, lambda points: apply_affine(start, points), pair.fixed_values, pair.moving, refine)
+    final = _score(pair, motion, pair.fixed_values, pair.moving, refine)
+    best = min(no_registration, at_start)
+    suspect = bool(math.isfinite(best) and final > best + _SUSPECT_MARGIN * abs(best))
+    return {"metric": refine["metric"], "no_registration": no_registration, "start": at_start, "final": final,
+            "suspect": suspect}
+
+
 def _refine_learning_rate_factors(refine: dict) -> list[float]:
     """``refine.learning_rate_factor`` per Gaussian level: one number for all levels, or one per
     ``refine.sigma_voxels`` entry (large steps while smoothed, small when sharp). It multiplies the
@@ -575,6 +594,13 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
         stage_ends.append(("refine", len(history)))
         stage_seconds["refine"] = time.perf_counter() - start - sum(stage_seconds.values())
         matrix = motion.matrix().detach().to(torch.float64).cpu()
+        quality = _quality(pair, motion, initial, config)
+        if quality["suspect"]:
+            logger.warning("monai_inr_reg: SUSPECT result: the images match worse after the registration (%s %.4g) "
+                           "than %s (%.4g); check the start (initial_transform, initial_alignment) and the masks",
+                           quality["metric"], quality["final"],
+                           "with no registration" if quality["no_registration"] <= quality["start"] else
+                           "at its start", min(quality["no_registration"], quality["start"]))
     if bar is not None:
         bar.close()
     ddf_mm = _dense_ddf_mm(motion, pair, fixed_grid)
@@ -593,5 +619,6 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
         stage_ends=stage_ends,
         stage_seconds=stage_seconds,
         refined_from_start=from_start,
+        quality=quality,
         config=config,
     )

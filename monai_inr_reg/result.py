@@ -46,6 +46,11 @@ class RegistrationResult:
         refined_from_start: the refinement's first level, run from both the image-net stages' result
             and the initial alignment (``refine.also_from_start``), ended better from the initial
             alignment, which the result then continued from (the image-net stages were dropped).
+        quality: how well the images match, by the final stage's data term on the sharp images
+            (``metric``: ``mapped_l2`` or ``mutual_information`` as minus MI; lower is better):
+            ``no_registration`` (the grids placed on each other through their affines), ``start``
+            (the first stage's start), ``final``; ``suspect`` is True when ``final`` is worse than
+            the better of the two starts (the registration made things worse: look at the start).
         config: the full configuration used (preset merged with overrides).
     """
 
@@ -61,6 +66,7 @@ class RegistrationResult:
     stage_ends: list[tuple[str, int]] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     refined_from_start: bool = False
+    quality: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -151,8 +151,14 @@ def _process(pair: dict, pair_dir: Path, *, preset, overrides: dict, device, see
     writing = time.perf_counter()
     pair_dir.mkdir(parents=True, exist_ok=True)
     affine = fixed.affine  # the fixed file's own header (MONAI's 4 x 4, also in 2D)
+    quality = result.quality or {}
     row: dict[str, Any] = {"motion": result.motion, "seconds": float(result.seconds),
-                           "final_loss": float(result.loss_history[-1]) if result.loss_history else math.nan}
+                           "final_loss": float(result.loss_history[-1]) if result.loss_history else math.nan,
+                           "similarity_before": quality.get("no_registration"), "similarity": quality.get("final"),
+                           "suspect": quality.get("suspect")}
+    note = "" if not quality else (
+        f"{quality['metric']} (lower is better): {quality['no_registration']:.4g} unregistered, "
+        f"{quality['final']:.4g} registered" + ("  -- SUSPECT: worse than its start" if quality["suspect"] else ""))
     # the compressing writers (gzip releases the GIL) run beside the QC figure and the label warp
     with ThreadPoolExecutor(max_workers=2) as pool:
         pending = [pool.submit(save_itk, result, pair_dir, outputs)]
@@ -180,7 +186,7 @@ def _process(pair: dict, pair_dir: Path, *, preset, overrides: dict, device, see
                 else "lower"
             written.append(write_qc_png(pair_dir / "qc.png", fixed_gray[0].numpy(), moving_before[0].numpy(),
                                         result.warped.as_tensor()[0].numpy(), det.numpy(), title=pair["id"],
-                                        origin=origin))
+                                        origin=origin, note=note))
         row["itk"] = pending[0].result()
         written += [future.result() for future in pending[1:]]
     if (pair_dir / "itk").is_dir():
@@ -193,6 +199,7 @@ def _process(pair: dict, pair_dir: Path, *, preset, overrides: dict, device, see
         row.update(metrics)
     extra["metric_seconds"] = time.perf_counter() - measuring
     extra["stage_seconds"] = result.stage_seconds
+    extra["quality"] = quality
     files = {str(p.relative_to(pair_dir)): p.stat().st_size for p in written}
     return row, dict(extra, files=files)
 
