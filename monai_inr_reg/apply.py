@@ -21,7 +21,6 @@ __all__ = ["apply_transform", "DDF_FILE"]
 DDF_FILE = "ddf.nii.gz"  # the pipeline's per-pair MONAI DDF (output "ddf")
 ITK_FILE = "itk/transform.h5"  # the pipeline's per-pair ITK transform (output "h5", a default)
 GRID_FILE = "warped.nii.gz"  # gives the fixed grid when only the ITK transform is there
-_MODES = ("bilinear", "nearest")
 
 
 def _field_path(transform) -> Path:
@@ -143,10 +142,12 @@ def apply_transform(transform, image, reference=None, *, mode: str = "bilinear")
             ``reference`` off the field's grid; an unreadable file.
         TypeError: an argument of the wrong kind.
     """
-    if mode not in _MODES:
-        raise ValueError(f"apply_transform(): 'mode' must be one of {_MODES}, got {mode!r}")
     from .io import load_image
     from .transforms import ApplyDdf
+    from .transforms.array import MODES
+
+    if mode not in MODES:
+        raise ValueError(f"apply_transform(): 'mode' must be one of {MODES}, got {mode!r}")
 
     path = _field_path(transform)
     image = _image(image, "image")

@@ -32,6 +32,8 @@ def stub(monkeypatch):
     def fake_register(fixed, moving, preset="deformable", *, seed=0, device=None, progress=None, **overrides):
         fixed_image, fixed_grid = register_module.as_image_and_grid(fixed, "fixed")
         _, moving_grid = register_module.as_image_and_grid(moving, "moving")
+        if fixed_grid.ndim != moving_grid.ndim:  # as register() checks before any work
+            raise ValueError(f"register(): 'fixed' is {fixed_grid.ndim}D but 'moving' is {moving_grid.ndim}D")
         calls.append(preset)
         ndim = fixed_grid.ndim
         shift_lps = torch.tensor([-4.0, 3.0, 2.0][:ndim])

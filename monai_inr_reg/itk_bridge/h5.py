@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import __version__
 from ..core.grid import ImageGrid
 
 __all__ = ["write_transform_h5", "affine_part", "field_part"]
@@ -76,7 +77,8 @@ def write_transform_h5(path, parts: list[tuple[str, np.ndarray, np.ndarray]], *,
     entries = ([(f"CompositeTransform_double_{d}_{d}", None, None)] if len(parts) > 1 else []) + list(parts)
     with h5py.File(path, "w") as h5:
         for name, text in (("HDFVersion", f"HDF5 library version: {h5py.version.hdf5_version}"),
-                           ("ITKVersion", "5.4.7"), ("OSName", platform.system()), ("OSVersion", platform.release())):
+                           ("ITKVersion", f"monai_inr_reg {__version__}, ITK 5.4 layout"), ("OSName", platform.system()),
+                           ("OSVersion", platform.release())):
             h5.create_dataset(name, data=np.array([text.encode()], dtype=object), dtype=strings)
         for index, (kind, parameters, fixed) in enumerate(entries):
             group = h5.create_group(f"TransformGroup/{index}")

@@ -73,7 +73,7 @@ def _load_images(pair: dict, preprocessing=None) -> dict:
     return {key: data[key] for key in paths}
 
 
-def describe(preprocessing) -> str | None:
+def _describe(preprocessing) -> str | None:
     """A stable description of a preprocessing pipeline (class names and simple settings), so that
     a rerun with another preprocessing redoes its pairs."""
     if preprocessing is None:
@@ -87,15 +87,8 @@ def describe(preprocessing) -> str | None:
     return "; ".join(parts)
 
 
-def _check_images(images: dict, pair: dict) -> None:
-    """Every input of a pair as the registration will see it; raises ValueError naming the input."""
-    _, fixed_grid = as_image_and_grid(images["fixed"], "fixed", quiet=True)
-    _, moving_grid = as_image_and_grid(images["moving"], "moving", quiet=True)
-    if fixed_grid.ndim != moving_grid.ndim:
-        raise ValueError(f"'fixed' is {fixed_grid.ndim}D {fixed_grid.shape} but 'moving' is {moving_grid.ndim}D "
-                         f"{moving_grid.shape}; both must have the same dimension")
-    for key, grid, image_key in (("fixed_mask", fixed_grid, "fixed"), ("moving_mask", moving_grid, "moving")):
-        as_mask(images.get(key), key, grid, image_key)
+def _check_labels(images: dict) -> None:
+    """The labels of a pair (``register`` checks the images, masks and start); ValueError naming them."""
     for key, image_key in (("fixed_label", "fixed"), ("moving_label", "moving")):
         if key in images and tuple(images[key].shape[1:]) != tuple(images[image_key].shape[1:]):
             raise ValueError(f"{key!r} has spatial shape {tuple(images[key].shape[1:])} but {image_key!r} has "
@@ -106,6 +99,19 @@ def _check_images(images: dict, pair: dict) -> None:
             images["fixed_label"].shape[0] != images["moving_label"].shape[0]:
         raise ValueError(f"'fixed_label' has {images['fixed_label'].shape[0]} channels but 'moving_label' has "
                          f"{images['moving_label'].shape[0]}")
+
+
+def _check_images(images: dict, pair: dict) -> None:
+    """Every input of a pair as the registration will see it, without registering (the CLI's usage
+    check); raises ValueError naming the input."""
+    _, fixed_grid = as_image_and_grid(images["fixed"], "fixed", quiet=True)
+    _, moving_grid = as_image_and_grid(images["moving"], "moving", quiet=True)
+    if fixed_grid.ndim != moving_grid.ndim:
+        raise ValueError(f"'fixed' is {fixed_grid.ndim}D {fixed_grid.shape} but 'moving' is {moving_grid.ndim}D "
+                         f"{moving_grid.shape}; both must have the same dimension")
+    for key, grid, image_key in (("fixed_mask", fixed_grid, "fixed"), ("moving_mask", moving_grid, "moving")):
+        as_mask(images.get(key), key, grid, image_key)
+    _check_labels(images)
     as_initial_matrix(pair.get(START_KEY), fixed_grid.ndim)
 
 
@@ -141,7 +147,7 @@ def _process(pair: dict, pair_dir: Path, *, preset, overrides: dict, device, see
     from ..register import register
 
     images = _load_images(pair, preprocessing)
-    _check_images(images, pair)
+    _check_labels(images)  # register() checks the rest, before any work
     fixed, moving = images["fixed"], images["moving"]
     result = register(fixed, moving, preset, fixed_mask=images.get("fixed_mask"), moving_mask=images.get("moving_mask"),
                       initial_transform=pair.get(START_KEY), seed=seed, device=device, progress=progress, **overrides)
@@ -263,7 +269,7 @@ def register_pair(pair: dict, output_dir, *, preset="deformable", overrides: dic
     if labels is not None:
         settings["labels"] = list(labels)
     if preprocessing is not None:
-        settings["preprocessing"] = describe(preprocessing)
+        settings["preprocessing"] = _describe(preprocessing)
     stored = complete_row(pair_dir, settings)
     if stored is not None:
         logger.info("pair %s: done earlier with the same inputs and settings, skipped", pair["id"])
@@ -412,16 +418,13 @@ def run_datalist(datalist, output_dir, *, dataset_dir=None, preset="deformable",
             import torch.distributed as dist
 
             dist.barrier()
-        if rank == 0:
-            if "metrics" in outputs:
-                write_metrics(output_dir, pairs, base_row=lambda p: _base_row(p, preset))
-            done = {pair["id"] for pair in pairs}
-            all_rows = [r for r in rows] if world == 1 else [
-                json.loads((output_dir / p["id"] / name).read_text())["row"] for p in pairs
-                for name in ("done.json", "error.json") if (output_dir / p["id"] / name).is_file()]
-            failed = [r for r in all_rows if r["status"] != "ok" and r["pair"] in done]
-        else:
-            failed = [r for r in rows if r["status"] != "ok"]
+        if rank == 0 and "metrics" in outputs:
+            write_metrics(output_dir, pairs, base_row=lambda p: _base_row(p, preset))
+        reported = rows
+        if rank == 0 and world > 1:  # rank 0 reports every rank's failures, from the pair records
+            reported = [json.loads((output_dir / p["id"] / name).read_text())["row"] for p in pairs
+                        for name in ("done.json", "error.json") if (output_dir / p["id"] / name).is_file()]
+        failed = [r for r in reported if r["status"] != "ok"]
         if distributed:
             dist.barrier()
     finally:
