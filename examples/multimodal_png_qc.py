@@ -9,8 +9,8 @@ For example with the BrainWeb slices (T1 fixed, proton density moved by 13, 17 p
 
 Without files it draws a synthetic "T1"/"PD" phantom pair (same anatomy, different contrast), moves the
 PD one by a known rotation and shift, and also reports the error against the unmoved PD image.
-Outputs: ``warped.png`` (moving on the fixed grid), ``qc.png`` (fixed, moving, warped, checkerboards
-before and after, fixed edges over the warped image), ``ddf.nii.gz`` (MONAI DDF, fixed grid).
+Outputs: ``warped.png`` (moving on the fixed grid), ``qc.png`` (fixed, moving, warped with the fixed
+edges over it, checkerboard after, Jacobian determinant), ``ddf.nii.gz`` (MONAI DDF, fixed grid).
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from PIL import Image
 
 from monai.transforms import LoadImage
 
+from monai_inr_reg.core.fields import jacobian_determinant
 from monai_inr_reg.pipeline import save_nifti
+from monai_inr_reg.qc import write_qc_png
 from monai_inr_reg.transforms import InrRegistration
 
 # tissues of the phantom: (centre x, y, radii x, y) in [-1, 1] units, intensity in "T1" and in "PD"
@@ -53,43 +55,6 @@ def save_png(path: Path, image: np.ndarray) -> None:
     low, high = np.percentile(image, [0.5, 99.5])
     scaled = np.clip((image - low) / (high - low if high > low else 1.0), 0, 1)
     Image.fromarray((scaled * 255).round().astype(np.uint8)).save(path)
-
-
-def qc_figure(path: Path, fixed: np.ndarray, moving: np.ndarray, warped: np.ndarray, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def norm(a):
-        low, high = np.percentile(a, [1, 99])
-        return np.clip((a - low) / (high - low if high > low else 1.0), 0, 1)
-
-    def checker(a, b, tiles=8):
-        r = (np.arange(a.shape[0]) * tiles // a.shape[0])[:, None]
-        c = (np.arange(a.shape[1]) * tiles // a.shape[1])[None, :]
-        return np.where((r + c) % 2 == 0, a, b)
-
-    f, w = norm(fixed), norm(warped)
-    m = norm(moving) if moving.shape == fixed.shape else None
-    gy, gx = np.gradient(f)
-    edges = np.hypot(gx, gy)
-    fig, axes = plt.subplots(2, 3, figsize=(10, 7))
-    panels = [(f, "fixed"), (norm(moving), "moving"), (w, "warped moving"),
-              (checker(f, m) if m is not None else norm(moving), "checkerboard before"),
-              (checker(f, w), "checkerboard after")]
-    for ax, (img, name) in zip(axes.flat, panels):
-        ax.imshow(img, cmap="gray", vmin=0, vmax=1)
-        ax.set_title(name)
-    axes.flat[5].imshow(w, cmap="gray", vmin=0, vmax=1)
-    axes.flat[5].contour(edges > np.percentile(edges, 90), levels=[0.5], colors="r", linewidths=0.6)
-    axes.flat[5].set_title("fixed edges on warped")
-    for ax in axes.flat:
-        ax.set_axis_off()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -120,6 +85,7 @@ def main(argv=None) -> int:
     warped_image, ddf = registration(fixed_image, moving_image)
     fixed, moving = fixed_image[0].numpy().T, moving_image[0].numpy().T  # (rows, cols) for display
     warped = warped_image[0].numpy().T
+    det = jacobian_determinant(torch.as_tensor(ddf)).numpy()
     save_png(out / "warped.png", warped)
     save_nifti(out / "ddf.nii.gz", ddf, ddf.affine)
 
@@ -134,7 +100,10 @@ def main(argv=None) -> int:
         after = float(np.abs(scale(warped) - scale(truth)).mean())
         print(f"synthetic truth: rotation {args.angle:.2f} deg; mean |PD - true PD| before {before:.4f}, after {after:.4f}")
         title += f"; error to the true PD {before:.3f} -> {after:.3f}"
-    qc_figure(out / "qc.png", fixed, moving, warped, title)
+    # arrays as loaded, (x, y); the figure shows x across and, for PNG files, row 0 at the top
+    before = moving_image[0].numpy() if moving_image.shape == fixed_image.shape else warped_image[0].numpy()
+    write_qc_png(out / "qc.png", fixed_image[0].numpy(), before, warped_image[0].numpy(), det, title=title,
+                 origin="upper")
     print(f"QC figure: {out / 'qc.png'}")
     return 0
 

@@ -20,7 +20,7 @@ from .register import register  # noqa: E402
 from .result import RegistrationResult  # noqa: E402
 
 _LAZY = {
-    "register_itk": ("monai_inr_reg.itk_bridge", "register_itk"),
+    "register_itk": ("monai_inr_reg.itk_registration", "register_itk"),
     "apply_transform": ("monai_inr_reg.apply", "apply_transform"),
     "load_preset": ("monai_inr_reg.config", "load_preset"),
 }

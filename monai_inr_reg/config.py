@@ -1,10 +1,15 @@
 """Presets: load ``configs/<name>.yaml``, merge overrides, validate. The one configuration loader.
 
-``configs/base.yaml`` holds every option with its default and unit (the schema); each preset file
-states only what differs from it, so a default changes in one place. A preset is a nested dict. Overrides are deep-merged (a dict merges into a dict, anything else
-replaces). Unknown keys are errors that list the valid ones, so a typo fails before any work.
-Dotted keys (``"deformable.iterations"``) address nested entries, as the command line's
-``--set key=value`` does.
+A preset is data a reader can see whole: its ``stages``, a list the registration runs in order
+(each names a motion model from ``motions``, an objective, its levels, learning rates and
+regularisers), over ``configs/base.yaml``, which holds every option with its default and unit (the
+schema; ``stage_defaults`` is what a stage leaves out). A preset file states only what differs.
+
+Overrides are deep-merged (a dict merges into a dict, anything else replaces); ``stages`` takes a
+whole new list, or a dict of changes by stage name (``stages.deformable.iterations=300`` on the
+command line). Dotted keys address nested entries. Unknown keys are errors that list the valid
+ones, and a stage key that does not apply to its objective or motion model is an error, so a
+typo or a silently ignored option fails before any work.
 """
 
 from __future__ import annotations
@@ -17,17 +22,33 @@ from typing import Any
 
 import yaml
 
-__all__ = ["load_preset", "list_presets", "describe_preset", "merge_overrides", "nested_overrides", "MOTIONS", "INITIAL_ALIGNMENTS", "REFINE_METRICS", "PARAMETRIC_MOTIONS", "HASH_MOTIONS"]
+__all__ = ["load_preset", "list_presets", "describe_preset", "merge_overrides", "nested_overrides",
+           "stage_iterations", "learning_rate_factors", "MOTION_MODELS", "PARAMETRIC_MODELS", "OBJECTIVES",
+           "INITIAL_ALIGNMENTS"]
 
-PARAMETRIC_MOTIONS = ("rigid", "affine")
-HASH_MOTIONS = ("deformable", "near_rigid")
-MOTIONS = PARAMETRIC_MOTIONS + HASH_MOTIONS
+PARAMETRIC_MODELS = ("rigid", "affine")
+MOTION_MODELS = PARAMETRIC_MODELS + ("hash",)
+OBJECTIVES = ("image_net", "mapped_l2", "mutual_information")
 INITIAL_ALIGNMENTS = ("center_of_mass", "none")
-REFINE_METRICS = ("mapped_l2", "mutual_information")
+SCHEDULES = ("whole", "per_level")
+CANDIDATES = ("previous", "start")
+
+# stage keys that apply to some objectives or motion models only: (what they depend on, where they apply)
+_APPLIES = {
+    "moving_points": ("objective", ("image_net",)),
+    "image_coarse_to_fine_share": ("objective", ("image_net",)),
+    "bins": ("objective", ("mapped_l2", "mutual_information")),
+    "symmetric": ("objective", ("mapped_l2",)),
+    "robust_scale": ("objective", ("mapped_l2",)),
+    "coarse_to_fine_share": ("model", ("hash",)),
+    "smoothness_weight": ("model", ("hash",)),
+    "folding_weight": ("model", ("hash",)),
+    "folding_threshold": ("model", ("hash",)),
+    "fixed_points_cover_table": ("model", ("hash",)),
+}
 
 # Sections whose inner keys are free-form tiny-cuda-nn dicts (validated by the network builders).
 _FREE_FORM = {"encoding", "network"}
-
 
 _BASE = "base"
 
@@ -76,14 +97,17 @@ def nested_overrides(overrides: dict) -> dict:
 
 
 def merge_overrides(base: dict, overrides: dict, *, schema: dict | None = None, where: str = "") -> dict:
-    """Deep-merge ``overrides`` into a copy of ``base``; keys must exist in ``schema`` (default ``base``)."""
+    """Deep-merge ``overrides`` into a copy of ``base``; keys must exist in ``schema`` (default ``base``).
+    ``stages``: a list replaces the list; a dict merges into the stages it names."""
     schema = base if schema is None else schema
     out = copy.deepcopy(base)
     for key, value in nested_overrides(overrides).items():
         if key not in schema:
             valid = ", ".join(sorted(schema))
             raise ValueError(f"load_preset(): unknown option {where + key!r}; valid options here: {valid}")
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if key == "stages" and not where and isinstance(value, dict):
+            out[key] = _merge_stages(out.get(key) or [], value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
             if key in _FREE_FORM:
                 out[key] = {**out[key], **value}
             else:
@@ -93,6 +117,22 @@ def merge_overrides(base: dict, overrides: dict, *, schema: dict | None = None, 
     return out
 
 
+def _merge_stages(stages: list, changes: dict) -> list:
+    """``stages`` with ``changes`` (``{stage name: {key: value}}``) merged into the stages they name."""
+    stages = copy.deepcopy(list(stages))
+    names = [s.get("name") if isinstance(s, dict) else None for s in stages]
+    for name, change in changes.items():
+        if name not in names:
+            raise ValueError(f"load_preset(): no stage named {name!r} to change; the stages are {names}")
+        if not isinstance(change, dict):
+            raise ValueError(f"load_preset(): 'stages.{name}' takes a mapping of stage options, got {change!r}")
+        stage = stages[names.index(name)]
+        for key, value in change.items():
+            stage[key] = {**stage[key], **value} if isinstance(value, dict) and isinstance(stage.get(key), dict) \
+                else copy.deepcopy(value)
+    return stages
+
+
 def load_preset(preset: str | dict | Path = "deformable", **overrides: Any) -> dict:
     """Return the validated configuration of a preset with ``overrides`` merged in.
 
@@ -100,14 +140,20 @@ def load_preset(preset: str | dict | Path = "deformable", **overrides: Any) -> d
         preset: a preset name (see :func:`list_presets`), a path to a YAML file of the same
             schema, or a full config dict (e.g. ``result.config``).
         overrides: nested dicts or dotted keys, e.g. ``iterations_scale=0.5``,
-            ``deformable={"iterations": 300}``, ``**{"image.learning_rate.encoding": 5e-3}``.
+            ``stages={"deformable": {"iterations": 300}}`` (changes by stage name),
+            ``stages=[{...}, ...]`` (a new stage list), ``**{"image.learning_rate.encoding": 5e-3}``.
+
+    Returns:
+        The configuration; its ``stages`` resolved (every key that applies to the stage, defaults
+        filled in from ``stage_defaults``).
 
     Raises:
-        ValueError: unknown preset, unknown option, or an invalid value.
+        ValueError: unknown preset, unknown option, an option that does not apply to its stage,
+            or an invalid value.
     """
     schema = _schema()
     if isinstance(preset, dict):
-        base = preset
+        base = merge_overrides(schema, {k: v for k, v in preset.items() if k != "stage_defaults"}, schema=schema)
     elif isinstance(preset, (str, Path)) and str(preset).endswith((".yaml", ".yml")):
         if not Path(preset).is_file():
             raise FileNotFoundError(f"load_preset(): preset file {str(preset)!r} does not exist")
@@ -119,40 +165,114 @@ def load_preset(preset: str | dict | Path = "deformable", **overrides: Any) -> d
         base = merge_overrides(schema, _read_yaml(resources.files("monai_inr_reg.configs") / f"{preset}.yaml"),
                                schema=schema)
     config = merge_overrides(base, overrides, schema=schema)
-    if config.get("motion") == "near-rigid":  # the spelling users type; sections use identifiers
-        config["motion"] = "near_rigid"
+    defaults = config.pop("stage_defaults")
     _validate(config)
+    config["stages"] = [_resolve_stage(stage, index, defaults, config) for index, stage in enumerate(config["stages"])]
+    names = [stage["name"] for stage in config["stages"]]
+    if len(set(names)) != len(names):
+        raise ValueError(f"load_preset(): stage names must be unique, got {names}")
     return config
 
 
 def _validate(config: dict) -> None:
-    motion = config["motion"]
-    if motion not in MOTIONS:
-        raise ValueError(f"load_preset(): 'motion' must be one of {MOTIONS}, got {motion!r}")
-    for stage in config["prealign"]:
-        if stage not in PARAMETRIC_MOTIONS:
-            raise ValueError(f"load_preset(): 'prealign' stages must be among {PARAMETRIC_MOTIONS}, got {stage!r}")
+    if not isinstance(config["stages"], list) or not config["stages"]:
+        raise ValueError(f"load_preset(): 'stages' must be a non-empty list of stages, got {config['stages']!r}")
     if not float(config["iterations_scale"]) > 0:
         raise ValueError(f"load_preset(): 'iterations_scale' must be > 0, got {config['iterations_scale']!r}")
-    for name in MOTIONS:
-        if int(config[name]["iterations"]) < 0:
-            raise ValueError(f"load_preset(): '{name}.iterations' must be >= 0, got {config[name]['iterations']!r}")
     if config["initial_alignment"] not in INITIAL_ALIGNMENTS:
         raise ValueError(f"load_preset(): 'initial_alignment' must be one of {INITIAL_ALIGNMENTS}, "
                          f"got {config['initial_alignment']!r}")
-    if config["refine"]["metric"] not in REFINE_METRICS:
-        raise ValueError(f"load_preset(): 'refine.metric' must be one of {REFINE_METRICS}, "
-                         f"got {config['refine']['metric']!r}")
-    factor = config["refine"]["learning_rate_factor"]
-    if isinstance(factor, (list, tuple)) and len(factor) != len(config["refine"]["sigma_voxels"]):
-        raise ValueError(f"load_preset(): 'refine.learning_rate_factor' must be one number or one per "
-                         f"'refine.sigma_voxels' entry ({len(config['refine']['sigma_voxels'])}), got {factor!r}")
-    if config["refine"]["also_from_start"] not in (True, False):
-        raise ValueError(f"load_preset(): 'refine.also_from_start' must be true or false, "
-                         f"got {config['refine']['also_from_start']!r}")
     if config["multimodal"] not in (True, False):
         raise ValueError(f"load_preset(): 'multimodal' must be true or false, got {config['multimodal']!r}")
+    for name, motion in config["motions"].items():
+        if motion["model"] not in MOTION_MODELS:
+            raise ValueError(f"load_preset(): 'motions.{name}.model' must be one of {MOTION_MODELS}, got {motion['model']!r}")
+        lr = motion["learning_rate"]
+        if motion["model"] == "hash" and not (isinstance(lr, dict) and set(lr) == {"encoding", "network"}):
+            raise ValueError(f"load_preset(): 'motions.{name}.learning_rate' of a hash motion must be "
+                             f"{{encoding: ..., network: ...}}, got {lr!r}")
+        if motion["model"] != "hash" and isinstance(lr, dict):
+            raise ValueError(f"load_preset(): 'motions.{name}.learning_rate' of a {motion['model']} motion must be "
+                             f"a number, got {lr!r}")
 
+
+def _per_level(value, n_levels: int, what: str) -> list:
+    values = list(value) if isinstance(value, (list, tuple)) else None
+    if values is not None and len(values) != n_levels:
+        raise ValueError(f"load_preset(): {what} must be one number or one per level ({n_levels}: smoothing_voxels), "
+                         f"got {value!r}")
+    return values
+
+
+def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:
+    """A stage with every key that applies to it (defaults filled in), validated."""
+    if not isinstance(stage, dict):
+        raise ValueError(f"load_preset(): stage {index} must be a mapping, got {stage!r}")
+    where = f"stage {index} ({stage.get('name', defaults['name'])!r})"
+    unknown = sorted(set(stage) - set(defaults))
+    if unknown:
+        raise ValueError(f"load_preset(): {where}: unknown option {unknown[0]!r}; valid stage options: "
+                         f"{', '.join(sorted(defaults))}")
+    motion, objective = stage.get("motion", defaults["motion"]), stage.get("objective", defaults["objective"])
+    if motion not in config["motions"]:
+        raise ValueError(f"load_preset(): {where}: 'motion' must be one of {sorted(config['motions'])}, got {motion!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"load_preset(): {where}: 'objective' must be one of {OBJECTIVES}, got {objective!r}")
+    model = config["motions"][motion]["model"]
+    on = {"objective": objective, "model": model}
+    for key in stage:
+        if key in _APPLIES and on[_APPLIES[key][0]] not in _APPLIES[key][1]:
+            kind, where_it_applies = _APPLIES[key]
+            raise ValueError(f"load_preset(): {where}: {key!r} applies to {kind} {' or '.join(where_it_applies)} "
+                             f"only; this stage's {kind} is {on[kind]!r}")
+    resolved = {key: copy.deepcopy(stage.get(key, value)) for key, value in defaults.items()
+                if key not in _APPLIES or on[_APPLIES[key][0]] in _APPLIES[key][1]}
+    if not isinstance(resolved["name"], str) or not resolved["name"]:
+        raise ValueError(f"load_preset(): {where}: 'name' must be a non-empty string")
+    smoothing = resolved["smoothing_voxels"]
+    smoothing = list(smoothing) if isinstance(smoothing, (list, tuple)) else [smoothing]
+    if not smoothing or any(float(s) < 0 for s in smoothing):
+        raise ValueError(f"load_preset(): {where}: 'smoothing_voxels' must be one or more sigmas >= 0, got {smoothing!r}")
+    resolved["smoothing_voxels"] = [float(s) for s in smoothing]
+    iterations = _per_level(resolved["iterations"], len(smoothing), f"{where}: 'iterations'")
+    if any(int(i) < 0 for i in (iterations or [resolved["iterations"]])):
+        raise ValueError(f"load_preset(): {where}: 'iterations' must be >= 0, got {resolved['iterations']!r}")
+    _per_level(resolved["learning_rate_factor"], len(smoothing), f"{where}: 'learning_rate_factor'")
+    if resolved["schedule"] not in SCHEDULES:
+        raise ValueError(f"load_preset(): {where}: 'schedule' must be one of {SCHEDULES}, got {resolved['schedule']!r}")
+    candidates = resolved["candidates"]
+    if (not isinstance(candidates, list) or not candidates or len(set(candidates)) != len(candidates)
+            or not set(candidates) <= set(CANDIDATES)):
+        raise ValueError(f"load_preset(): {where}: 'candidates' must be a list of distinct {CANDIDATES}, got {candidates!r}")
+    if "start" in candidates and model not in PARAMETRIC_MODELS:
+        raise ValueError(f"load_preset(): {where}: candidate 'start' needs a rigid or affine motion, got {motion!r} ({model})")
+    for key in ("warmup", "image_coarse_to_fine_share", "coarse_to_fine_share"):
+        if key in resolved and not 0.0 <= float(resolved[key]) <= 1.0:
+            raise ValueError(f"load_preset(): {where}: {key!r} must be within [0, 1], got {resolved[key]!r}")
+    for key in ("fixed_points", "moving_points", "bins"):
+        if key in resolved and not int(resolved[key]) >= (2 if key == "bins" else 1):
+            raise ValueError(f"load_preset(): {where}: {key!r} must be a positive count, got {resolved[key]!r}")
+    for key in ("symmetric", "fixed_points_cover_table"):
+        if key in resolved and resolved[key] not in (True, False):
+            raise ValueError(f"load_preset(): {where}: {key!r} must be true or false, got {resolved[key]!r}")
+    return resolved
+
+
+def stage_iterations(stage: dict, iterations_scale: float) -> list[int]:
+    """Iterations per level of a resolved stage, times ``iterations_scale``: a total is scaled, rounded
+    and split evenly (earlier levels take the remainder); a per-level list is scaled level by level."""
+    n_levels = len(stage["smoothing_voxels"])
+    if isinstance(stage["iterations"], (list, tuple)):
+        return [int(round(int(i) * iterations_scale)) for i in stage["iterations"]]
+    total = int(round(int(stage["iterations"]) * iterations_scale))
+    return [total // n_levels + (i < total % n_levels) for i in range(n_levels)]
+
+
+def learning_rate_factors(stage: dict) -> list[float]:
+    """``learning_rate_factor`` of a resolved stage, one per level."""
+    factor = stage["learning_rate_factor"]
+    n_levels = len(stage["smoothing_voxels"])
+    return [float(f) for f in factor] if isinstance(factor, (list, tuple)) else [float(factor)] * n_levels
 
 def _comments(text: str) -> dict[str, str]:
     """``{"dotted.key": comment}`` for the keys of a block-style YAML text that carry a ``#`` comment."""
@@ -177,23 +297,30 @@ def describe_preset(preset: str | dict | Path = "deformable", **overrides: Any) 
     ``[preset]``. What ``monai-inr-reg presets show NAME`` prints."""
     config = load_preset(preset, **overrides)
     schema = _schema()
+    stage_defaults = schema.pop("stage_defaults")
     comments = _comments((resources.files("monai_inr_reg.configs") / f"{_BASE}.yaml").read_text())
     lines: list[str] = []
 
-    def emit(node: dict, default: dict, path: str, indent: int) -> None:
-        for key, value in node.items():
-            dotted = f"{path}{key}"
-            note = comments.get(dotted, "")
+    def scalar(value) -> str:
+        text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+        return text[:-3].strip() if text.endswith("...") else text
+
+    def emit(node: dict, default: dict, path: str, indent: int, first: str = "") -> None:
+        for i, (key, value) in enumerate(node.items()):
+            pad = " " * indent if not (first and i == 0) else " " * (indent - len(first)) + first
+            note = comments.get(f"{path}{key}", "")
             if value != default.get(key):
                 note = f"[preset] {note}".strip()
             suffix = f"  # {note}" if note else ""
-            if isinstance(value, dict) and key not in _FREE_FORM:
-                lines.append(f"{' ' * indent}{key}:{suffix}")
-                emit(value, default.get(key) or {}, dotted + ".", indent + 2)
+            if key == "stages" and not path:
+                lines.append(f"{pad}{key}:{suffix}")
+                for stage in value:
+                    emit(stage, stage_defaults, "stage_defaults.", indent + 4, first="  - ")
+            elif isinstance(value, dict) and key not in _FREE_FORM:
+                lines.append(f"{pad}{key}:{suffix}")
+                emit(value, default.get(key) or {}, f"{path}{key}.", indent + 2)
             else:
-                text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
-                text = text[:-4].strip() if text.endswith("\n...") or text.endswith("...") else text
-                lines.append(f"{' ' * indent}{key}: {text}{suffix}")
+                lines.append(f"{pad}{key}: {scalar(value)}{suffix}")
 
     name = preset if isinstance(preset, str) else "custom"
     lines.append(f"# preset {name}, resolved over configs/{_BASE}.yaml; [preset]: differs from the default")

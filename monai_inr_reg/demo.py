@@ -64,7 +64,8 @@ def run_demo(output_dir, *, preset: str = "multimodal-rigid", seed: int = 0, **o
     ``output_dir``; return ``(result, mean corner error in px against the known motion)``."""
     from .core.fields import jacobian_determinant
     from .core.grid import apply_affine
-    from .pipeline import save_nifti, write_qc_png
+    from .pipeline import save_nifti
+    from .qc import write_qc_png
     from .register import register
 
     fixed, moving, truth = make_demo_pair()

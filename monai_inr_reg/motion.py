@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .core.grid import NormalisedBox, apply_affine
+from .core.grid import ImageGrid, NormalisedBox, apply_affine
 from .core.linear import about_center, nearest_rotation, rotation_matrix, rotation_parameters
 from .nn import CoordinateNet
 
-__all__ = ["RigidMotion", "AffineMotion", "HashMotion"]
+__all__ = ["RigidMotion", "AffineMotion", "HashMotion", "make_motion", "dense_displacement_mm"]
 
 
 class RigidMotion(nn.Module):
@@ -95,3 +95,29 @@ class HashMotion(nn.Module):
     def forward(self, points_mm: torch.Tensor, level_weights: torch.Tensor | None = None) -> torch.Tensor:
         residual = self.displacement_unit(self.box.to_unit(points_mm), level_weights)
         return apply_affine(self.base, points_mm) + residual * self.box.scale_mm()
+
+
+def make_motion(motion_config: dict, center_mm: torch.Tensor, box: NormalisedBox, init: torch.Tensor | None, device):
+    """A motion of ``motion_config`` (an entry of the config's ``motions``: ``model`` rigid, affine or
+    hash) starting at ``init`` (``(D + 1, D + 1)`` fixed LPS mm -> moving LPS mm; None: identity);
+    parametric motions act about ``center_mm`` with translations in units of the box edge."""
+    model = motion_config["model"]
+    if model == "rigid":
+        return RigidMotion(center_mm, box.scale_mm(), init).to(device)
+    if model == "affine":
+        return AffineMotion(center_mm, box.scale_mm(), init).to(device)
+    return HashMotion(box, motion_config["encoding"], motion_config["network"], init).to(device)
+
+
+def dense_displacement_mm(motion, fixed_grid: ImageGrid, device, chunk: int = 1 << 18) -> torch.Tensor:
+    """``(D, *S_fixed)`` float64 LPS mm displacement ``phi(x) - x`` of ``motion`` at every fixed voxel
+    (on the CPU). Parametric motions exactly: their float64 matrix on float64 points."""
+    pieces = []
+    with torch.no_grad():
+        if isinstance(motion, HashMotion):
+            for points in fixed_grid.mm_points(device=device).split(chunk):
+                pieces.append(motion(points).to(torch.float64) - points.to(torch.float64))
+        else:
+            for points in fixed_grid.mm_points(dtype=torch.float64).split(chunk):
+                pieces.append(apply_affine(motion.matrix(), points) - points)
+    return torch.cat(pieces).T.reshape((fixed_grid.ndim,) + fixed_grid.shape).cpu()

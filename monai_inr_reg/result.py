@@ -37,17 +37,22 @@ class RegistrationResult:
             exact rigid / affine stage (identity when there is none). The whole motion equals it
             exactly when ``parametric`` is True; otherwise ``ddf`` also holds a residual field.
         parametric: True when the result is exactly ``matrix_mm`` (rigid or affine presets).
-        motion: kind of the last stage: ``"rigid"``, ``"affine"``, ``"deformable"`` or ``"near-rigid"``.
+        motion: the last stage's motion (a key of the config's ``motions``: ``"rigid"``, ``"affine"``,
+            ``"deformable"``, ``"near_rigid"``).
         moving_image: ``(C, *S_moving)`` the moving image as given (intensities not normalised).
         seconds: wall time of the registration.
         loss_history: loss per iteration, all stages concatenated.
+        stages: what ran, one dict per stage: ``name``, ``objective``, ``motion``, ``iterations`` (run),
+            ``seconds``, ``final_loss`` (the last iteration's data term; None when it ran none) and
+            ``started_from`` (``"previous"``, or ``"start"`` when its candidates included the initial
+            alignment and that one matched better after the first level).
         stage_ends: index into ``loss_history`` where each stage ended, with its name.
-        stage_seconds: wall time per stage (set-up counts toward the first; ``"field"``: the dense output field).
-        refined_from_start: the refinement's first level, run from both the image-net stages' result
-            and the initial alignment (``refine.also_from_start``), ended better from the initial
-            alignment, which the result then continued from (the image-net stages were dropped).
-        quality: how well the images match, by the final stage's data term on the sharp images
-            (``metric``: ``mapped_l2`` or ``mutual_information`` as minus MI; lower is better):
+        stage_seconds: wall time per stage name (set-up counts toward the first; ``"field"``: the dense output field).
+        refined_from_start: a stage continued from the initial alignment rather than from the stages
+            before it (``started_from == "start"``): an image-net stage that ran away was dropped.
+        quality: how well the images match, by the last stage's data term that compares the real
+            images, on the sharp images (mutual information when no stage does; ``metric``:
+            ``mapped_l2`` or ``mutual_information`` as minus MI; lower is better):
             ``no_registration`` (the grids placed on each other through their affines), ``start``
             (the first stage's start), ``final``; ``suspect`` is True when ``final`` is worse than
             the better of the two starts (the registration made things worse: look at the start).
@@ -63,6 +68,7 @@ class RegistrationResult:
     moving_image: torch.Tensor
     seconds: float = 0.0
     loss_history: list[float] = field(default_factory=list)
+    stages: list[dict[str, Any]] = field(default_factory=list)
     stage_ends: list[tuple[str, int]] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     refined_from_start: bool = False

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from synthetic_images import phantom, smooth_field
-from monai_inr_reg import register
+from monai_inr_reg import load_preset, register
 from monai_inr_reg.core.fields import folding_fraction
 from monai_inr_reg.core.losses import fit_intensity_map, gaussian_smooth, hat_basis, mapped_l2
 from monai_inr_reg.core.sample import warp_image
@@ -45,6 +45,11 @@ def non_monotone(image: torch.Tensor) -> torch.Tensor:
     return 1.0 - (2.0 * image - 0.8).abs()
 
 
+def last_stage(preset: str) -> list[dict]:
+    """The preset's deformable stage alone (no rigid and affine stages before it)."""
+    return load_preset(preset)["stages"][-1:]
+
+
 def mean_epe(ddf: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> float:
     return float((ddf - truth).norm(dim=0)[mask].mean())
 
@@ -67,27 +72,35 @@ def test_3d_smooth_warp_end_point_error_reduced_by_70_percent():
 
 
 def test_2d_single_modal_smooth_warp():
-    # deformable part alone (no prealign): measured 2.31 -> 0.19 px (92 %), ~3 s
+    # deformable stage alone (no rigid, affine): measured 2.31 -> 0.19 px (92 %), ~3 s
     fixed, moving, truth = warped_pair((96, 96), 2.5)
-    result = register(fixed, moving, "deformable", seed=0, progress=False, prealign=[])
+    result = register(fixed, moving, "deformable", seed=0, progress=False, stages=last_stage("deformable"))
     check(result, fixed, truth, min_reduction=0.85)
 
 
 def test_2d_multi_modal_smooth_warp():
     # inverted, non-monotone contrast (mutual information): measured 2.31 -> 0.16 px (93 %), ~3 s
     fixed, moving, truth = warped_pair((96, 96), 2.5)
-    result = register(fixed, non_monotone(moving), "multimodal-deformable", seed=0, progress=False, prealign=[])
+    result = register(fixed, non_monotone(moving), "multimodal-deformable", seed=0, progress=False,
+                      stages=last_stage("multimodal-deformable"))
     check(result, fixed, truth, min_reduction=0.85)
 
 
 def test_image_net_deformable_stage_runs_and_helps():
-    # the paper's image-net stage for the motion net (off by default): coarse-to-fine motion levels,
-    # smoothness and folding penalties; then the refinement continues from it (no second coarse-to-fine)
+    # the paper's image-net stage for the motion net (not in our presets): coarse-to-fine motion levels,
+    # smoothness and folding penalties; then a mutual-information stage continues the same motion
+    # (no second coarse-to-fine, no second warm-up)
     fixed, moving, truth = warped_pair((64, 64), 2.0)
-    result = register(fixed, moving, "deformable", seed=0, progress=False, prealign=[],
-                      deformable={"iterations": 150}, refine={"iterations": 100})
-    assert [name for name, _ in result.stage_ends] == ["deformable", "refine"]
+    field = last_stage("deformable")[0]
+    image_net_stage = {**field, "name": "image_net", "objective": "image_net", "iterations": 150,
+                       "smoothing_voxels": [0.0], "image_coarse_to_fine_share": 0.9,
+                       "fixed_points_cover_table": False}
+    image_net_stage.pop("bins")
+    mi_stage = {**field, "iterations": 100, "warmup": 0.0, "coarse_to_fine_share": 0.0}
+    result = register(fixed, moving, "deformable", seed=0, progress=False, stages=[image_net_stage, mi_stage])
+    assert [name for name, _ in result.stage_ends] == ["image_net", "deformable"]
     assert result.stage_ends[0][1] == 150 and result.stage_ends[1][1] == 250
+    assert [s["objective"] for s in result.stages] == ["image_net", "mutual_information"]
     check(result, fixed, truth, min_reduction=0.5)  # measured 1.83 -> 0.35 px (81 %)
 
 
@@ -137,7 +150,7 @@ def test_robust_mapped_l2_bounds_outliers():
 def test_folding_penalty_acts_only_where_the_map_folds():
     from monai_inr_reg.core.grid import ImageGrid, NormalisedBox
     from monai_inr_reg.motion import HashMotion
-    from monai_inr_reg.register import _motion_penalty
+    from monai_inr_reg.objectives import field_regulariser
 
     grid = ImageGrid.from_ras_affine((32, 32), None)
     box = NormalisedBox.around(grid, grid, margin=0.1)
@@ -145,10 +158,10 @@ def test_folding_penalty_acts_only_where_the_map_folds():
              "smoothness_weight": 0.0, "folding_weight": 2.0, "folding_threshold": 0.1}
     points = torch.rand(256, 2, generator=torch.Generator().manual_seed(0))
     identity = HashMotion(box, stage["encoding"], {"n_neurons": 16, "n_hidden_layers": 1})
-    assert float(_motion_penalty(identity, points, stage, None)) == 0.0
+    assert float(field_regulariser(identity, points, stage, None, 8)) == 0.0
     mirror = torch.diag(torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64))  # det = -1 everywhere
     folded = HashMotion(box, stage["encoding"], {"n_neurons": 16, "n_hidden_layers": 1}, mirror)
-    assert float(_motion_penalty(folded, points, stage, None)) == pytest.approx(2.0 * (0.1 + 1.0), rel=1e-5)
+    assert float(field_regulariser(folded, points, stage, None, 8)) == pytest.approx(2.0 * (0.1 + 1.0), rel=1e-5)
 
 
 def test_mutual_information_sees_non_monotone_contrasts():
@@ -169,17 +182,18 @@ def test_mutual_information_sees_non_monotone_contrasts():
 def test_refinement_points_cover_the_finest_motion_level():
     from monai_inr_reg.core.grid import ImageGrid, NormalisedBox
     from monai_inr_reg.motion import HashMotion
-    from monai_inr_reg.register import _refine_points
+    from monai_inr_reg.fit import fixed_points_per_iteration
 
     encoding = {"n_levels": 8, "base_resolution": 4, "finest_resolution": 64, "log2_hashmap_size": 14}
-    refine = {"fixed_points": 4096}
+    stage = {"fixed_points": 4096, "fixed_points_cover_table": True}
     for ndim, expected in ((2, 65 * 65), (3, 2 ** 14)):  # dense 65^2 vertices in 2D; the 2^14 table in 3D
         grid = ImageGrid.from_ras_affine((8,) * ndim, None)
         motion = HashMotion(NormalisedBox.around(grid, grid), encoding, {"n_neurons": 16, "n_hidden_layers": 1})
-        assert _refine_points(motion, refine) == expected
+        assert fixed_points_per_iteration(stage, motion) == expected
+        assert fixed_points_per_iteration({**stage, "fixed_points_cover_table": False}, motion) == 4096
 
 
-def test_unknown_refinement_metric_is_named():
+def test_unknown_objective_is_named():
     fixed, moving, _ = warped_pair((24, 24), 1.0)
-    with pytest.raises(ValueError, match="refine.metric"):
-        register(fixed, moving, "deformable", progress=False, prealign=[], refine={"metric": "ncc"})
+    with pytest.raises(ValueError, match=r"stage 2 \('deformable'\): 'objective' must be one of"):
+        register(fixed, moving, "deformable", progress=False, stages={"deformable": {"objective": "ncc"}})

@@ -16,6 +16,7 @@ import torch
 itk = pytest.importorskip("itk")
 
 from monai_inr_reg import itk_bridge  # noqa: E402
+from monai_inr_reg import register_itk  # noqa: E402
 from monai_inr_reg.core.grid import ImageGrid, apply_affine, ddf_voxel_from_ddf_mm  # noqa: E402
 from monai_inr_reg.itk_bridge.transforms import _residual_ddf_mm  # noqa: E402
 from monai_inr_reg.result import RegistrationResult  # noqa: E402
@@ -380,7 +381,7 @@ def test_register_itk_rejects_mixed_dimensions():
     image_2d = itk.image_from_array(np.zeros((4, 5), np.float32))
     image_3d = itk.image_from_array(np.zeros((3, 4, 5), np.float32))
     with pytest.raises(ValueError, match="'fixed' and 'moving' must have the same dimension, got 2D and 3D"):
-        itk_bridge.register_itk(image_2d, image_3d)
+        register_itk(image_2d, image_3d)
 
 
 # --------------------------------------------------------------------------- 2D, 30 degree direction cosine
@@ -440,7 +441,7 @@ def test_register_itk_recovers_a_known_shift_on_oblique_grids(tmp_path):
     # tiny 2D pair on different oblique grids; the moving content is shifted by (3, -2) mm (LPS)
     fixed_path, moving_path = _load_example().make_pair(tmp_path, shift_mm=(3.0, -2.0))
     fixed, moving = itk.imread(str(fixed_path), itk.F), itk.imread(str(moving_path), itk.F)
-    transform, warped = itk_bridge.register_itk(fixed, moving, "rigid", iterations_scale=0.6)
+    transform, warped = register_itk(fixed, moving, "rigid", iterations_scale=0.6)
     assert transform.GetNameOfClass() == "Euler2DTransform"
     assert np.abs(itk.array_from_matrix(transform.GetMatrix()) - np.eye(2)).max() < 0.01  # < 0.6 degree
     centre = [25.0, 20.0]

@@ -209,7 +209,7 @@ def test_labels_version_threads(tmp_path, capsys):
 def test_qc_shows_three_views_in_3d(tmp_path):
     from PIL import Image
 
-    from monai_inr_reg.pipeline import write_qc_png
+    from monai_inr_reg.qc import write_qc_png
 
     volume = np.random.default_rng(0).random((12, 10, 8)).astype(np.float32)
     flat = write_qc_png(tmp_path / "2d.png", volume[..., 0], volume[..., 0], volume[..., 0], np.ones((12, 10)))

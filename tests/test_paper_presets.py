@@ -19,17 +19,21 @@ def test_paper_rigid_recovers_a_2d_translation():
     inside = fixed[0] > 0.3  # where the pattern is (a near-rigid net bends where there is nothing to hold it)
     for axis, shift in enumerate(SHIFT):
         assert abs(float(result.ddf[axis][inside].median()) - shift) < 0.5
-    assert [name for name, _ in result.stage_ends] == ["near_rigid", "refine"] and result.motion == "near_rigid"
+    assert [name for name, _ in result.stage_ends] == ["near_rigid"] and result.motion == "near_rigid"
 
 
 @pytest.mark.parametrize("name", ["paper-deformable", "multimodal-paper-rigid", "multimodal-paper-deformable"])
 def test_paper_presets_run_as_published(name):
     config = load_preset(name)
-    # the paper's method: no exact parametric stage, no classical refinement, no centre-of-mass start
-    assert config["prealign"] == [] and config["refine"]["iterations"] == 0
-    assert config["initial_alignment"] == "none" and config["coarse_to_fine"]["enabled"]
-    assert config["multimodal"] == name.startswith("multimodal")
-    if "deformable" in name:
-        assert config["deformable"]["iterations"] > 0 and config["deformable"]["smoothness_weight"] == 0.0
+    # the paper's method: one image-net stage of a hash motion net, coarse-to-fine on both nets, no exact
+    # parametric stage, no classical stage, no regulariser, no centre-of-mass start
+    [stage] = config["stages"]
+    assert stage["objective"] == "image_net" and config["motions"][stage["motion"]]["model"] == "hash"
+    assert stage["image_coarse_to_fine_share"] > 0 and stage["coarse_to_fine_share"] > 0
+    assert stage["smoothness_weight"] == stage["folding_weight"] == 0.0
+    assert config["initial_alignment"] == "none" and config["multimodal"] == name.startswith("multimodal")
+    encoding = config["motions"][stage["motion"]]["encoding"]
+    near_rigid = encoding["finest_resolution"] == encoding["base_resolution"]
+    assert near_rigid == name.endswith("rigid")
     result = register(torch.rand(1, 24, 20), torch.rand(1, 24, 20), name, iterations_scale=0.02)
     assert torch.isfinite(result.ddf).all() and len(result.loss_history) > 0

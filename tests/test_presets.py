@@ -26,43 +26,76 @@ def leaves(node: dict, prefix: str = "") -> dict:
 
 
 def test_presets_are_deltas_over_the_defaults():
-    base = leaves(_schema())
+    schema = _schema()
+    stage_keys = set(schema["stage_defaults"])
+    base = leaves({k: v for k, v in schema.items() if k not in ("stages", "stage_defaults")})
     assert list_presets() == ["affine", "deformable", "multimodal-deformable", "multimodal-paper-deformable",
                               "multimodal-paper-rigid", "multimodal-rigid", "paper-deformable", "paper-rigid", "rigid"]
     for name in list_presets():
-        delta = leaves(preset_file(name))
+        raw = preset_file(name)
+        assert raw["stages"], name  # every preset shows its stage list whole
+        for stage in raw["stages"]:
+            assert {"name", "motion", "objective"} <= set(stage) <= stage_keys, (name, stage)
+        delta = leaves({k: v for k, v in raw.items() if k != "stages"})
         assert set(delta) <= set(base), name
-        resolved = leaves(load_preset(name))
+        config = load_preset(name)
+        resolved = leaves({k: v for k, v in config.items() if k != "stages"})
         assert set(resolved) == set(base), name
         changed = {k for k in base if resolved[k] != base[k]}
         assert changed <= set(delta), (name, changed - set(delta))  # nothing changes that the file does not say
+        for stage, given in zip(config["stages"], raw["stages"]):
+            # a resolved stage: what the file says, the defaults for the rest that applies to it
+            assert all(stage[k] == (v if k != "smoothing_voxels" else [float(x) for x in v]) for k, v in given.items())
+            assert {k: v for k, v in stage.items() if k not in given} == \
+                {k: schema["stage_defaults"][k] for k in stage if k not in given}
         # the resolved preset round-trips through what `presets show` prints
-        assert yaml.safe_load(describe_preset(name)) == load_preset(name), name
+        assert yaml.safe_load(describe_preset(name)) == config, name
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("deformable", {"motion": "deformable", "prealign": ["rigid", "affine"], "rigid.iterations": 600,
-                    "refine.metric": "mutual_information", "deformable.smoothness_weight": 0.3}),
-    ("multimodal-deformable", {"multimodal": True, "rigid.iterations": 1000, "deformable.smoothness_weight": 1.0,
-                               "refine.iterations": 600}),
-    ("rigid", {"motion": "rigid", "prealign": [], "sampling.fixed_points": 512, "rigid.iterations": 200,
-               "refine.sigma_voxels": [4.0, 2.0, 1.0, 0.0], "refine.metric": "mapped_l2", "multimodal": False}),
-    ("multimodal-rigid", {"multimodal": True, "refine.learning_rate_factor": [0.3, 0.3, 0.3, 0.1]}),
-    ("affine", {"motion": "affine", "prealign": ["rigid"], "refine.robust_scale": 0.0}),
-])
-def test_presets_keep_their_values(name, expected):
-    resolved = leaves(load_preset(name))
-    for key, value in expected.items():
-        assert resolved[key] == value, (name, key)
-    assert load_preset(name)["image"]["encoding"]["n_levels"] == (16 if "deformable" in name else 8)
+def stages_of(name: str) -> list[tuple[str, str, str]]:
+    return [(s["name"], s["motion"], s["objective"]) for s in load_preset(name)["stages"]]
+
+
+def test_presets_keep_their_stages():
+    capture, affine = ("rigid", "rigid", "image_net"), ("affine", "affine", "image_net")
+    field = ("deformable", "deformable", "mutual_information")
+    assert stages_of("deformable") == stages_of("multimodal-deformable") == [capture, affine, field]
+    assert stages_of("rigid") == stages_of("multimodal-rigid") == [capture, ("refine", "rigid", "mapped_l2")]
+    assert stages_of("affine") == [capture, affine, ("refine", "affine", "mapped_l2")]
+    assert stages_of("paper-rigid") == [("near_rigid", "near_rigid", "image_net")]
+    assert stages_of("paper-deformable") == [("deformable", "deformable", "image_net")]
+    deformable, multimodal = load_preset("deformable"), load_preset("multimodal-deformable")
+    assert [s["iterations"] for s in deformable["stages"]] == [600, 300, 600]
+    assert [s["iterations"] for s in multimodal["stages"]] == [1000, 300, 600]
+    assert deformable["stages"][2]["smoothness_weight"] == 0.3 and multimodal["stages"][2]["smoothness_weight"] == 1.0
+    assert deformable["stages"][2]["smoothing_voxels"] == [1.0, 0.0] and not deformable["multimodal"]
+    assert multimodal["multimodal"] and load_preset("multimodal-rigid")["multimodal"]
+    refine = load_preset("rigid")["stages"][1]
+    assert refine["smoothing_voxels"] == [4.0, 2.0, 1.0, 0.0] and refine["learning_rate_factor"] == [0.3, 0.3, 0.3, 0.1]
+    assert refine["candidates"] == ["previous", "start"] and refine["schedule"] == "per_level"
+    assert refine["robust_scale"] == 0.0 and refine["bins"] == 24
+    assert load_preset("rigid")["stages"][0]["fixed_points"] == 512
+    for name in list_presets():
+        assert load_preset(name)["image"]["encoding"]["n_levels"] == (8 if name in ("rigid", "multimodal-rigid", "affine") else 16)
+
+
+def test_overrides_by_stage_name_and_a_list_of_your_own():
+    changed = load_preset("deformable", **{"stages.deformable.iterations": 30, "iterations_scale": 0.5})
+    assert [s["iterations"] for s in changed["stages"]] == [600, 300, 30] and changed["iterations_scale"] == 0.5
+    own = load_preset("rigid", stages=[{"name": "only", "motion": "affine", "objective": "mutual_information"}])
+    [stage] = own["stages"]
+    assert stage["bins"] == 16 and "robust_scale" not in stage and "moving_points" not in stage
+    # a resolved config (result.config) loads back to itself
+    assert load_preset(load_preset("deformable")) == load_preset("deformable")
 
 
 def test_presets_command(capsys):
     assert main(["presets", "list"]) == 0
     assert capsys.readouterr().out.split() == list_presets()
-    assert main(["presets", "show", "rigid", "--set", "refine.iterations=50"]) == 0
+    assert main(["presets", "show", "rigid", "--set", "stages.refine.iterations=50"]) == 0
     shown = capsys.readouterr().out
-    assert "refine.iterations" not in shown and "  iterations: 50  # [preset]" in shown
-    assert "sampling:  # [preset]" in shown and yaml.safe_load(shown)["refine"]["iterations"] == 50
+    assert "  - name: refine  # [preset] label in results" in shown and "    iterations: 50  # [preset] a total split" in shown
+    assert "    robust_scale: 0.0  # [preset] mapped_l2: Geman-McClure" in shown
+    assert yaml.safe_load(shown)["stages"][1]["iterations"] == 50
     assert main(["presets", "show", "fancy"]) == 2
     assert "unknown preset 'fancy'" in capsys.readouterr().err

@@ -41,7 +41,7 @@ def test_a_registration_that_makes_things_worse_is_flagged(caplog):
     fixed, moving = pair()
     with caplog.at_level(logging.WARNING, logger="monai_inr_reg.register"):
         result = register(fixed, moving, "rigid", initial_transform=quarter_turn(), iterations_scale=0.05,
-                          refine={"also_from_start": False})
+                          stages={"refine": {"candidates": ["previous"]}})
     quality = result.quality
     assert quality["suspect"] and quality["final"] > quality["no_registration"]
     assert "SUSPECT result" in caplog.text and "with no registration" in caplog.text
@@ -65,7 +65,7 @@ def test_the_metrics_row_carries_the_flag(tmp_path):
     assert main(["register", paths["fixed"], paths["moving"], "-o", str(out), "--id", "good", "--preset", "rigid"]) == 0
     assert main(["register", paths["fixed"], paths["moving"], "-o", str(out), "--id", "bad", "--preset", "rigid",
                  "--initial-transform", str(start), "--set", "iterations_scale=0.05",
-                 "--set", "refine.also_from_start=false"]) == 0
+                 "--set", "stages.refine.candidates=[previous]"]) == 0
     with open(out / "metrics.csv") as fh:
         rows = {r["pair"]: r for r in csv.DictReader(fh)}
     assert rows["good"]["suspect"] == "False" and rows["bad"]["suspect"] == "True"

@@ -57,17 +57,18 @@ def test_large_translation_starts_from_the_centres_of_mass(fixed2d):
 
 def test_run_away_stage_is_dropped_for_the_start(fixed2d):
     """A rigid image-net stage driven off by a learning rate 100x too high: with
-    ``refine.also_from_start`` the refinement's first level also runs from the initial alignment,
+    ``candidates: [previous, start]`` the refinement's first level also runs from the initial alignment,
     which ends better and is kept, and the shift is recovered; without it, it is not (the second
     candidate is what rescues the pair). A sound stage is kept."""
     moving = shifted(fixed2d, (3.0, -2.0))
     # the refinement's learning rate is a factor of the stage's: keep it at the preset's 3e-3
-    wild = {"rigid": {"learning_rate": 1.0, "final_learning_rate": 1.0, "warmup": 0.0}, **FAST}
-    rescued = register(fixed2d, moving, "rigid", seed=0, refine={"learning_rate_factor": 3e-3}, **wild)
+    wild = {"motions": {"rigid": {"learning_rate": 1.0}}, **FAST}
+    stages = {"rigid": {"final_learning_rate_factor": 1.0, "warmup": 0.0}, "refine": {"learning_rate_factor": 3e-3}}
+    rescued = register(fixed2d, moving, "rigid", seed=0, stages=stages, **wild)
     assert rescued.refined_from_start
     assert torch.allclose(interior_mean(rescued.ddf), torch.tensor([3.0, -2.0]), atol=0.5), interior_mean(rescued.ddf)
-    lost = register(fixed2d, moving, "rigid", seed=0, refine={"learning_rate_factor": 3e-3, "also_from_start": False},
-                    **wild)
+    stages["refine"]["candidates"] = ["previous"]
+    lost = register(fixed2d, moving, "rigid", seed=0, stages=stages, **wild)
     assert not lost.refined_from_start
     assert (interior_mean(lost.ddf) - torch.tensor([3.0, -2.0])).abs().max() > 2.0, interior_mean(lost.ddf)
     sound = register(fixed2d, shifted(fixed2d, (9.0, -2.0)), "rigid", seed=0, initial_alignment="none", **FAST)
@@ -162,14 +163,27 @@ def test_singular_affine_and_missing_file_are_named(tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [({"preset": "rigd"}, "unknown preset 'rigd'"),
                                            ({"preset": "rigid", "iterashuns": 3}, "unknown option 'iterashuns'"),
-                                           ({"preset": "rigid", "rigid": {"lr": 1}}, "unknown option 'rigid.lr'"),
-                                           ({"preset": "rigid", "motion": "elastic"}, "'motion' must be one of"),
+                                           ({"preset": "rigid", "motions": {"rigid": {"lr": 1}}},
+                                            "unknown option 'motions.rigid.lr'"),
+                                           ({"preset": "rigid", "stages": {"rigid": {"lr": 1}}},
+                                            r"stage 0 \('rigid'\): unknown option 'lr'; valid stage options: bins, candidates"),
+                                           ({"preset": "rigid", "stages": {"rigid": {"motion": "elastic"}}},
+                                            "'motion' must be one of"),
+                                           ({"preset": "rigid", "stages": {"rigd": {"iterations": 1}}},
+                                            r"no stage named 'rigd' to change; the stages are \['rigid', 'refine'\]"),
                                            ({"preset": "rigid", "initial_alignment": "moments"},
                                             "'initial_alignment' must be one of"),
-                                           ({"preset": "rigid", "refine": {"also_from_start": "yes"}},
-                                            "'refine.also_from_start' must be true or false"),
-                                           ({"preset": "rigid", "refine": {"learning_rate_factor": [0.3, 0.1]}},
-                                            r"one per 'refine.sigma_voxels' entry \(4\)")])
+                                           ({"preset": "rigid", "stages": {"refine": {"candidates": "yes"}}},
+                                            "'candidates' must be a list of distinct"),
+                                           ({"preset": "rigid", "stages": {"refine": {"learning_rate_factor": [0.3, 0.1]}}},
+                                            r"'learning_rate_factor' must be one number or one per level \(4"),
+                                           # an option its objective ignores is an error, not silently dropped
+                                           ({"preset": "deformable", "stages": {"deformable": {"robust_scale": 0.5}}},
+                                            "'robust_scale' applies to objective mapped_l2 only"),
+                                           ({"preset": "rigid", "stages": {"refine": {"smoothness_weight": 1.0}}},
+                                            "'smoothness_weight' applies to model hash only"),
+                                           ({"preset": "deformable", "stages": {"deformable": {"candidates": ["previous", "start"]}}},
+                                            "candidate 'start' needs a rigid or affine motion")])
 def test_bad_options_fail_before_work(kwargs, match):
     with pytest.raises(ValueError, match=match):
         register(torch.rand(1, 8, 8), torch.rand(1, 8, 8), **kwargs)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..config import load_preset
 from ..core.grid import ImageGrid
 from . import baselines
 
@@ -122,6 +123,19 @@ def _ours(fixed, fixed_grid, moving, moving_grid, *, preset: str, seed: int, ite
     return out
 
 
+def near_rigid_stages(preset: str) -> list[dict]:
+    """The stages of ``preset`` (a rigid preset) with the paper's near-rigid hash motion in place of
+    the exact rigid one: its image-net stage at the paper's 1000 iterations with the motion's levels
+    fading in over 0.9 of it, then the same classical stage on the hash motion (every table entry sampled)."""
+    stages = load_preset(preset)["stages"]
+    capture, refine = stages[0], stages[1]
+    capture = {**capture, "name": "near_rigid", "motion": "near_rigid", "iterations": 1000, "final_learning_rate_factor": 0.1,
+               "coarse_to_fine_share": 0.9}
+    refine = {**refine, "motion": "near_rigid", "candidates": ["previous"], "schedule": "whole",
+              "fixed_points_cover_table": True}
+    return [capture, refine]
+
+
 def run_method(name: str, fixed: np.ndarray, fixed_grid: ImageGrid, moving: np.ndarray, moving_grid: ImageGrid, *,
                multimodal: bool, seed: int = 0, iterations_scale: float | None = None,
                threads: int = 1) -> MethodOutput:
@@ -146,7 +160,7 @@ def run_method(name: str, fixed: np.ndarray, fixed_grid: ImageGrid, moving: np.n
             out = MethodOutput(matrix_mm=torch.eye(fixed_grid.ndim + 1, dtype=torch.float64))
         elif name in ("ours-rigid", "ours-near-rigid"):
             preset = "multimodal-rigid" if multimodal else "rigid"
-            overrides = {"motion": "near_rigid"} if name == "ours-near-rigid" else {}
+            overrides = {"stages": near_rigid_stages(preset)} if name == "ours-near-rigid" else {}
             out = _ours(fixed, fixed_grid, moving, moving_grid, preset=preset, seed=seed,
                         iterations_scale=iterations_scale, overrides=overrides)
         elif name in ("paper-rigid", "paper-deformable"):

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..atomic import write_text as atomic_write_text
 
-__all__ = ["markdown_table", "fmt", "write_json", "write_text", "machine_info", "save_qc_png", "overlay_rgb"]
+__all__ = ["markdown_table", "fmt", "write_json", "write_text", "machine_info"]
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -76,50 +76,3 @@ def machine_info() -> dict:
     return info
 
 
-def _unit(image: np.ndarray, mask=None) -> np.ndarray:
-    values = image[mask] if mask is not None and mask.any() else image
-    lo, hi = np.percentile(values, [1.0, 99.0])
-    return np.clip((image - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
-
-
-def overlay_rgb(fixed: np.ndarray, moving: np.ndarray) -> np.ndarray:
-    """A 2D colour overlay: fixed in green, moving in magenta (grey where they agree), ``(H, W, 3)``."""
-    f, m = _unit(fixed), _unit(moving)
-    return np.stack([m, f, m], axis=-1)
-
-
-def _display(image: np.ndarray) -> np.ndarray:
-    # a 3D volume shows its middle slice along the last axis; arrays are shown with axis 0 as rows
-    return image[..., image.shape[-1] // 2] if image.ndim == 3 else image
-
-
-def save_qc_png(path, fixed: np.ndarray, moving: np.ndarray, warped: dict[str, np.ndarray], *, title: str = "") -> Path:
-    """One QC figure: fixed, moving (overlaid on fixed), and each method's warped moving overlaid on fixed.
-
-    Args:
-        fixed, moving: ``(*S)`` arrays (3D: the middle slice of the last axis is shown).
-        warped: ``{method label: (*S_fixed) moving warped onto the fixed grid}``.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    f = _display(fixed)
-    panels = [("fixed", np.stack([_unit(f)] * 3, -1))]
-    if moving.shape == fixed.shape:
-        panels.append(("before (fixed green, moving magenta)", overlay_rgb(f, _display(moving))))
-    panels += [(label, overlay_rgb(f, _display(img))) for label, img in warped.items()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
-    for ax, (label, img) in zip(axes[0], panels):
-        ax.imshow(img, interpolation="nearest")
-        ax.set_title(label, fontsize=7)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path

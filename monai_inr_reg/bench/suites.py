@@ -27,7 +27,8 @@ from . import metrics as bmetrics
 from . import protocols
 from .baselines import ANTS_SETTINGS, ELASTIX_SETTINGS, matrix_to_ddf_mm
 from .methods import DEFORMABLE_METHODS, RIGID_METHODS, method_available, method_label, run_method
-from .report import markdown_table, save_qc_png
+from ..qc import write_comparison_png
+from .report import markdown_table
 
 __all__ = ["SuiteOptions", "SUITES", "run_suite", "DEFAULT_METHODS"]
 
@@ -251,7 +252,7 @@ def _qc(opts, stem, fixed, moving, grid, outputs, multimodal, title, moving_grid
     # identity is the "before" panel; on different grids it is drawn as a method (moving resampled as is)
     warped = {method_label(k, multimodal=multimodal): _warp(o, moving, moving_grid or grid, grid)
               for k, o in outputs.items() if k != "identity" or moving_grid is not None}
-    path = save_qc_png(Path(opts.out_dir) / "qc" / f"{stem}.png", fixed, moving, warped, title=title)
+    path = write_comparison_png(Path(opts.out_dir) / "qc" / f"{stem}.png", fixed, moving, warped, title=title)
     opts.say(f"  qc: {path}")
 
 

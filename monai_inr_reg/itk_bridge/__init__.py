@@ -32,14 +32,12 @@ from __future__ import annotations
 
 from .files import read_transform, save_result
 from .images import ddf_from_field_image, field_image_from_ddf, grid_from_image, image_to_tensor, tensor_to_image
-from .registration import register_itk
 from .transforms import ddf_from_transform, inverse_ddf_mm, transform_from_result
 
 __all__ = [
     "image_to_tensor",
     "tensor_to_image",
     "grid_from_image",
-    "register_itk",
     "transform_from_result",
     "field_image_from_ddf",
     "ddf_from_field_image",

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_path, write_bytes, write_text
+from ..atomic import atomic_path, write_text
+from ..qc import write_qc_png
 
 __all__ = ["OUTPUTS", "DEFAULT_OUTPUTS", "ROW_FIELDS", "check_outputs", "save_nifti", "write_qc_png", "save_itk",
            "write_metrics", "json_safe"]
@@ -118,72 +119,6 @@ def save_nifti(path, data, affine_ras, *, label: bool = False) -> Path:
     with atomic_path(path) as temporary:
         nib.save(image, str(temporary))
     return Path(path)
-
-
-# ----------------------------------------------------------------------------------------- QC figure
-def _display(image: np.ndarray) -> np.ndarray:
-    low, high = np.percentile(image, [1, 99])
-    return np.clip((image - low) / (high - low if high > low else 1.0), 0, 1)
-
-
-def _checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
-    rows = (np.arange(a.shape[0]) * tiles // a.shape[0])[:, None]
-    cols = (np.arange(a.shape[1]) * tiles // a.shape[1])[None, :]
-    return np.where((rows + cols) % 2 == 0, a, b)
-
-
-def _edges(image: np.ndarray) -> np.ndarray:
-    """A boolean edge map of a ``[0, 1]`` slice: gradient magnitude above its 90th percentile."""
-    gy, gx = np.gradient(image)
-    magnitude = np.hypot(gx, gy)
-    return magnitude > max(np.percentile(magnitude, 90), 1e-6)
-
-
-def _slices(volume: np.ndarray) -> list[np.ndarray]:
-    """2D: the image; 3D: the middle slice across each array axis (three orthogonal views)."""
-    if volume.ndim == 2:
-        return [volume]
-    return [np.take(volume, volume.shape[axis] // 2, axis=axis) for axis in range(3)]
-
-
-def write_qc_png(path, fixed, moving_before, warped, det, *, title: str = "", origin: str = "lower",
-                 note: str = "") -> Path:
-    """QC figure: per view, fixed | moving (before) | warped with the fixed image's edges over it |
-    checkerboard after | Jacobian determinant.
-
-    2D images make one row; 3D volumes three rows (middle slices across the three array axes).
-    Arrays ``(*S_fixed)`` on the fixed grid, displayed transposed (first array axis horizontal).
-    ``note`` (e.g. the error against a known answer) goes under the title.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    views = list(zip(*(_slices(np.asarray(a, dtype=np.float32)) for a in (fixed, moving_before, warped, det))))
-    fig, axes = plt.subplots(len(views), 5, figsize=(15.0, 3.3 * len(views)), squeeze=False)
-    for row, (f, m, w, j) in zip(axes, views):
-        f, m, w = _display(f), _display(m), _display(w)
-        for ax, (img, name) in zip(row, [(f, "fixed"), (m, "moving (before)"), (w, "warped, fixed edges"),
-                                         (_checkerboard(f, w), "checkerboard after")]):
-            ax.imshow(img.T, cmap="gray", origin=origin, vmin=0, vmax=1)
-            ax.set_title(name, fontsize=9)
-        edges = np.ma.masked_where(~_edges(f).T, np.ones_like(f.T))
-        row[2].imshow(edges, cmap="autumn", origin=origin, alpha=0.8, interpolation="nearest")
-        shown = row[4].imshow(j.T, cmap="RdBu_r", origin=origin, vmin=0.0, vmax=2.0)
-        if (j <= 0).any():
-            row[4].contour((j <= 0).T.astype(float), levels=[0.5], colors="k", linewidths=0.8, origin=origin)
-        row[4].set_title(f"Jacobian det. ({100.0 * float((j <= 0).mean()):.2f} % <= 0)", fontsize=9)
-        fig.colorbar(shown, ax=row[4], fraction=0.046)
-        for ax in row:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.suptitle(title + (f"\n{note}" if note else ""))
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=72)
-    plt.close(fig)
-    return write_bytes(path, buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------------------- ITK files

@@ -94,9 +94,8 @@ def test_ours_output_is_read_from_the_result(pair_2d, monkeypatch):
         points = grid.mm_points(dtype=torch.float64)
         ddf_mm = (points @ true[:2, :2].T + true[:2, 2] - points).T.reshape(2, *grid.shape)
         ddf = torch.einsum("ij,j...->i...", torch.linalg.inv(grid.mm_from_voxel[:2, :2]), ddf_mm).float()
-        parametric = overrides.get("motion") != "near_rigid"
-        return RegistrationResult(grid, grid, ddf, true.clone(), parametric, overrides.get("motion", "rigid"),
-                                  torch.as_tensor(moving_image))
+        motion = overrides["stages"][-1]["motion"] if "stages" in overrides else "rigid"
+        return RegistrationResult(grid, grid, ddf, true.clone(), motion == "rigid", motion, torch.as_tensor(moving_image))
 
     monkeypatch.setattr(register_module, "register", fake_register)
     out = methods.run_method("ours-rigid", pair_2d.fixed, pair_2d.grid, moving, pair_2d.grid, multimodal=True,
@@ -105,7 +104,7 @@ def test_ours_output_is_read_from_the_result(pair_2d, monkeypatch):
     assert torch.allclose(seen["affine"].double(), pair_2d.grid.affine_ras)  # identity RAS for 2D arrays
     assert bm.corner_error(pair_2d.grid, true, matrix_mm=out.matrix_mm)["corner_error_mm"] < 1e-9
     out = methods.run_method("ours-near-rigid", pair_2d.fixed, pair_2d.grid, moving, pair_2d.grid, multimodal=False)
-    assert seen["preset"] == "rigid" and seen["overrides"] == {"motion": "near_rigid"}
+    assert seen["preset"] == "rigid" and [s["motion"] for s in seen["overrides"]["stages"]] == ["near_rigid"] * 2
     assert out.matrix_mm is None
     assert bm.corner_error(pair_2d.grid, true, ddf_mm=out.ddf_mm)["corner_error_mm"] < 1e-3
 

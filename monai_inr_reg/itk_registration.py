@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from .images import _check_itk_image, image_to_tensor, tensor_to_image
-from .transforms import transform_from_result
+from .config import load_preset
+from .inputs import as_image_and_grid, as_mask
+from .io import matrix_from_transform
+from .itk_bridge.images import _check_itk_image, image_to_tensor, tensor_to_image
+from .itk_bridge.transforms import transform_from_result
+from .register import register_on_grids
 
 __all__ = ["register_itk"]
 
@@ -37,10 +41,6 @@ def register_itk(fixed, moving, preset: str = "deformable", *, fixed_mask=None, 
             direction, a mask off its image's grid, a non-linear initial transform, unknown preset
             or override (all before any work).
     """
-    from ..config import load_preset
-    from ..inputs import as_image_and_grid, as_mask
-    from ..io import matrix_from_transform
-    from ..register import register_on_grids
 
     for name, image in (("fixed", fixed), ("moving", moving)):
         _check_itk_image(image, "register_itk()", name)

@@ -1,0 +1,143 @@
+"""The one fit loop: every stage of every preset runs through :func:`fit_stage`.
+
+Per iteration: sample fixed voxels, move them with the motion, evaluate the stage's objective
+(:mod:`monai_inr_reg.objectives`), add the motion's regularisers, take one Adam step, record the
+data term. Per level (the stage's ``smoothing_voxels``): the objective switches to that level's
+images and the learning rate to that level's factor. Nothing else in the package trains anything.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .config import learning_rate_factors, stage_iterations
+from .core.encoding import level_weights
+from .motion import HashMotion
+from .objectives import field_regulariser
+from .optim import adam
+from .pair import ImagePair
+
+__all__ = ["fit_stage", "fixed_points_per_iteration", "learning_rate_factor", "motion_parameter_groups"]
+
+PENALTY_POINTS = 1024  # regulariser points per iteration (the first of the iteration's fixed points)
+
+
+def learning_rate_factor(step: int, total: int, final_factor: float, warmup: float) -> float:
+    """Linear warm-up over the first ``warmup`` share of steps, then cosine decay to ``final_factor``.
+
+    The warm-up matters: while the image net is still flat its gradients are noise, and Adam turns
+    noise into full-size steps that walk the motion away.
+    """
+    t = step / max(total - 1, 1)
+    ramp = min(1.0, (step + 1) / (warmup * total)) if warmup > 0 else 1.0
+    return ramp * (final_factor + (1.0 - final_factor) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+def motion_parameter_groups(motion, motion_config: dict) -> list[dict]:
+    """Adam groups of a motion at its ``learning_rate`` (hash motions: tables and MLP apart), scheduled."""
+    lr = motion_config["learning_rate"]
+    if isinstance(motion, HashMotion):
+        return [{"params": motion.net.encoding_parameters(), "lr": float(lr["encoding"]), "scale": True},
+                {"params": motion.net.network_parameters(), "lr": float(lr["network"]), "scale": True}]
+    return [{"params": list(motion.parameters()), "lr": float(lr), "scale": True}]
+
+
+def fixed_points_per_iteration(stage: dict, motion) -> int:
+    """``fixed_points``, and with ``fixed_points_cover_table`` (hash motions) at least one per stored
+    entry of the finest level (``min((R + 1)^D, 2^log2_hashmap_size)``), so that every entry gets a
+    gradient about every iteration (3D brains: 300 x 4096 points gave Dice 0.69, 300 x 16384 0.72)."""
+    points = int(stage["fixed_points"])
+    if stage.get("fixed_points_cover_table") and isinstance(motion, HashMotion):
+        points = max(points, motion.net.encoding.spec.sizes[-1])
+    return points
+
+
+def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dict, objective, *,
+              iterations_scale: float, generator: torch.Generator, bar=None) -> tuple[object, int, list[float]]:
+    """Fit one stage (a resolved stage of :func:`monai_inr_reg.config.load_preset`).
+
+    Args:
+        pair: the prepared image pair.
+        stage: the stage's options (levels, learning rates, schedule, points, regularisers).
+        candidates: the motions it may start from (``stage["candidates"]``, in that order); with more
+            than one, each runs the first level on the same points and the one with the better data
+            term there (``objective.score``) continues.
+        motion_config: the candidates' entry of ``motions`` (learning rates; hash: encoding).
+        objective: an objective of :mod:`monai_inr_reg.objectives`.
+        iterations_scale: multiplies the stage's iterations.
+        generator: draws every sampled point (deterministic for a seed).
+        bar: an optional tqdm bar, advanced once per iteration.
+
+    Returns:
+        ``(motion, chosen, losses)``: the fitted motion, its index in ``candidates``, and the data
+        term per iteration.
+    """
+    steps_per_level = stage_iterations(stage, iterations_scale)
+    total = sum(steps_per_level)
+    if total == 0:
+        return candidates[0], 0, []
+    optimizers = []
+    for motion in candidates:
+        groups = objective.parameter_groups() + motion_parameter_groups(motion, motion_config)
+        for group in groups:
+            group["base_lr"] = group["lr"]
+        optimizers.append(adam(groups))
+    n_fixed = pair.fixed_values.shape[0]
+    n_batch = min(fixed_points_per_iteration(stage, candidates[0]), n_fixed)
+    final, warmup, whole = float(stage["final_learning_rate_factor"]), float(stage["warmup"]), stage["schedule"] == "whole"
+    share = float(stage.get("coarse_to_fine_share", 0.0))
+    finest = float(motion_config["encoding"]["finest_resolution"]) if "encoding" in motion_config else 0.0
+    device = pair.fixed_values.device
+
+    def run_level(motion, optimizer, steps: int, done: int, level_factor: float, show: bool) -> list[float]:
+        is_hash = isinstance(motion, HashMotion)
+        losses = []
+        for step in range(steps):
+            factor = learning_rate_factor(done, total, final, warmup) if whole else learning_rate_factor(step, steps, final, warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = (level_factor * group["base_lr"]) * factor if group["scale"] else group["base_lr"]
+            weights = None
+            if is_hash and share > 0:
+                weights = level_weights(min(1.0, (done + 1) / (share * total)) * motion.net.n_levels,
+                                        motion.net.n_levels).to(device)
+            if n_batch < n_fixed:
+                index = torch.randint(n_fixed, (n_batch,), generator=generator, device=device)
+                # index_select: 3x faster than advanced indexing for these row gathers (measured)
+                fixed_mm, fixed_values = pair.fixed_points_mm.index_select(0, index), objective.fixed_values.index_select(0, index)
+            else:
+                fixed_mm, fixed_values = pair.fixed_points_mm, objective.fixed_values
+            moved_mm = motion(fixed_mm, weights) if is_hash else motion(fixed_mm)
+            loss = objective(moved_mm, fixed_values, done=done, total=total, generator=generator)
+            objective_and_penalty = loss
+            if is_hash:
+                objective_and_penalty = loss + field_regulariser(motion, pair.box.to_unit(fixed_mm[:PENALTY_POINTS]),
+                                                                 stage, weights, finest)
+            optimizer.zero_grad(set_to_none=True)
+            objective_and_penalty.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            done += 1
+            if show and bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"{stage['name']} loss {losses[-1]:.4f}", refresh=False)
+        return losses
+
+    chosen, done, history = 0, 0, []
+    for level, (sigma, steps, level_factor) in enumerate(zip(stage["smoothing_voxels"], steps_per_level,
+                                                              learning_rate_factors(stage))):
+        objective.set_level(sigma)
+        if level == 0 and len(candidates) > 1:
+            state = generator.get_state()
+            runs = []
+            for index, (motion, optimizer) in enumerate(zip(candidates, optimizers)):
+                generator.set_state(state)  # every candidate sees the same points
+                losses = run_level(motion, optimizer, steps, done, level_factor, show=index == 0)
+                runs.append((objective.score(motion), index, losses))
+            _, chosen, losses = min(runs)
+        else:
+            losses = run_level(candidates[chosen], optimizers[chosen], steps, done, level_factor, show=True)
+        history.extend(losses)
+        done += steps
+    return candidates[chosen], chosen, history

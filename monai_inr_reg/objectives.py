@@ -1,0 +1,200 @@
+"""Objectives and regularisers: what a stage minimises. One signature for every objective.
+
+An objective is called by the fit loop (:func:`monai_inr_reg.fit.fit_stage`) as
+``objective(moved_mm, fixed_values, done=, total=, generator=)`` with the moved points ``(P, D)``
+(LPS mm, the motion at sampled fixed voxels) and those voxels' values ``(P,)`` (from
+``objective.fixed_values``, the current level's), and returns the 0-d data term (lower is
+better). ``set_level(sigma_voxels)`` chooses the level's Gaussian smoothing;
+``parameter_groups()`` lists what the objective fits besides the motion (the image net).
+
+- :class:`ImageNetL2` (``image_net``): the paper's loss through the image net.
+- :class:`Similarity` (``mapped_l2``, ``mutual_information``): the real moving image at the moved
+  points against the fixed image (a fitted intensity map, or mutual information).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .core.encoding import level_weights
+from .core.grid import apply_affine
+from .core.losses import mapped_l2, mutual_information
+from .core.sample import sample_image
+from .pair import ImagePair
+
+__all__ = ["ImageNetL2", "Similarity", "field_regulariser", "match_quality"]
+
+
+def _masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` ``(P,)`` where ``keep`` ``(P,)`` is true (0 when none is)."""
+    return (values * keep).sum() / keep.sum().clamp_min(1)
+
+
+class ImageNetL2:
+    """The paper's loss (arXiv 2411.02672, the L2 data term tying the two nets):
+
+    ``mean_y (I_m(y) - M(y))^2 + mean_x (I_f(phi(x)) - F(x))^2``
+
+    at random box points ``y`` (the image net learns the moving image ``M``; border padding outside
+    its grid) and at the sampled fixed voxels ``x`` (the image net queried at the moved point must
+    reproduce the fixed image ``F``). Single-modal pairs use one channel for both terms (``I_m =
+    I_f``); multi-modal pairs give each term its own channel of one net, whose shared hash features
+    make aligned structure the cheapest thing to store. With ``image_coarse_to_fine_share`` the
+    image net's hash levels fade in over that share of the stage (weights of
+    :func:`~monai_inr_reg.core.encoding.level_weights`), so that the motion aligns before the
+    image net can memorise both images. With a moving mask, only points inside it count.
+    """
+
+    def __init__(self, pair: ImagePair, image_net, stage: dict, *, multimodal: bool, learning_rate: dict):
+        self.pair, self.image_net = pair, image_net
+        self.moving_points = int(stage["moving_points"])
+        self.coarse_to_fine_share = float(stage["image_coarse_to_fine_share"])
+        self.fixed_channel, self.moving_channel = (1, 0) if multimodal else (0, 0)
+        self.learning_rate = learning_rate
+        self.set_level(0.0)
+
+    def set_level(self, sigma_voxels: float) -> None:
+        self.fixed_values, self.moving = self.pair.smoothed(sigma_voxels)
+
+    def parameter_groups(self) -> list[dict]:
+        """The image net's tables and MLP at constant learning rates (``scale``: False)."""
+        return [{"params": self.image_net.encoding_parameters(), "lr": float(self.learning_rate["encoding"]), "scale": False},
+                {"params": self.image_net.network_parameters(), "lr": float(self.learning_rate["network"]), "scale": False}]
+
+    def __call__(self, moved_mm: torch.Tensor, fixed_values: torch.Tensor, *, done: int, total: int,
+                 generator: torch.Generator) -> torch.Tensor:
+        pair, net = self.pair, self.image_net
+        weights = None
+        if self.coarse_to_fine_share > 0:
+            progress = (done + 1) / (self.coarse_to_fine_share * total)
+            weights = level_weights(progress * net.n_levels, net.n_levels).to(moved_mm.device)
+        moving_unit = torch.rand(self.moving_points, pair.ndim, generator=generator, device=moved_mm.device)
+        # border padding: outside its grid the moving image continues its edge (a bright background stays bright)
+        moving_values = sample_image(self.moving, apply_affine(pair.moving_voxel_from_unit, moving_unit),
+                                     padding_mode="border")[:, 0]
+        pred_fixed = net(pair.box.to_unit(moved_mm.to(torch.float32)), weights)[:, self.fixed_channel]
+        pred_moving = net(moving_unit, weights)[:, self.moving_channel]
+        if pair.moving_mask is None:
+            return (pred_fixed - fixed_values).pow(2).mean() + (pred_moving - moving_values).pow(2).mean()
+        fixed_in = pair.in_moving_mask(apply_affine(pair.moving_voxel_from_mm, moved_mm.detach().to(torch.float32)))
+        moving_in = pair.in_moving_mask(apply_affine(pair.moving_voxel_from_unit, moving_unit))
+        return (_masked_mean((pred_fixed - fixed_values).pow(2), fixed_in)
+                + _masked_mean((pred_moving - moving_values).pow(2), moving_in))
+
+
+class Similarity:
+    """The real images compared through the motion: ``mapped_l2`` or ``mutual_information``.
+
+    ``mutual_information``: minus the mutual information in nats of the fixed values and the moving
+    image at the moved points (:func:`~monai_inr_reg.core.losses.mutual_information`, ``bins``).
+    ``mapped_l2``: the L2 between the fixed values and the moving values under a fitted
+    piecewise-linear intensity map (``bins`` knots; the correlation ratio of the classical
+    literature), each residual bounded by ``robust_scale`` (Geman-McClure), and with ``symmetric``
+    also the map the other way round (:func:`~monai_inr_reg.core.losses.mapped_l2`;
+    ``variance_gradient`` on that term for a hash motion, which could otherwise flatten the
+    sampled moving values to cheapen it). Points moved outside the moving grid (or mask) are left
+    out (they carry no gradient).
+    """
+
+    def __init__(self, pair: ImagePair, stage: dict, *, variance_gradient: bool = False):
+        self.pair = pair
+        self.metric = stage["objective"]
+        self.bins = int(stage["bins"])
+        self.symmetric = bool(stage.get("symmetric", False))
+        self.robust_scale = float(stage.get("robust_scale", 0.0))
+        self.variance_gradient = variance_gradient
+        self.set_level(0.0)
+
+    def set_level(self, sigma_voxels: float) -> None:
+        self.fixed_values, self.moving = self.pair.smoothed(sigma_voxels)
+
+    def parameter_groups(self) -> list[dict]:
+        return []
+
+    def __call__(self, moved_mm: torch.Tensor, fixed_values: torch.Tensor, **_) -> torch.Tensor:
+        pair = self.pair
+        moved_voxel = apply_affine(pair.moving_voxel_from_mm, moved_mm.to(torch.float32))
+        inside = ((moved_voxel >= 0) & (moved_voxel <= pair.moving_last_voxel)).all(1)
+        if pair.moving_mask is not None:
+            inside = inside & pair.in_moving_mask(moved_voxel.detach())
+        inside = inside.nonzero()[:, 0]
+        moving_values = sample_image(self.moving, moved_voxel.index_select(0, inside))[:, 0]
+        fixed_values = fixed_values.index_select(0, inside)
+        if self.metric == "mutual_information":
+            return -mutual_information(moving_values, fixed_values, self.bins)
+        loss = mapped_l2(moving_values, fixed_values, self.bins, robust_scale=self.robust_scale)
+        if self.symmetric:
+            loss = 0.5 * (loss + mapped_l2(fixed_values, moving_values, self.bins, robust_scale=self.robust_scale,
+                                           variance_gradient=self.variance_gradient))
+        return loss
+
+    def score(self, motion) -> float:
+        """The data term of ``motion`` (a callable on ``(P, D)`` LPS mm points) on up to ``SCORE_POINTS``
+        fixed voxels at the current level (an even stride: the same points for every motion);
+        ``inf`` when no point lands in the moving image."""
+        stride = max(1, -(-self.pair.fixed_values.shape[0] // self.SCORE_POINTS))
+        with torch.no_grad():
+            value = float(self(motion(self.pair.fixed_points_mm[::stride]), self.fixed_values[::stride]))
+        return math.inf if math.isnan(value) else value
+
+    SCORE_POINTS = 1 << 16
+
+
+def _displacement_gradient(motion, points_unit: torch.Tensor, weights, step_unit: float) -> torch.Tensor:
+    """Forward-difference gradient ``G[p, c, a] = d u_c / d x_a`` ``(P, D, D)`` of a hash motion's
+    displacement at box points ``(P, D)``; box units on both sides, so ``G`` is dimensionless (the box
+    is isotropic: the same ``G`` in mm)."""
+    base = motion.displacement_unit(points_unit, weights)
+    columns = []
+    for axis in range(points_unit.shape[1]):
+        shifted = points_unit.clone()
+        shifted[:, axis] += step_unit
+        columns.append((motion.displacement_unit(shifted, weights) - base) / step_unit)
+    return torch.stack(columns, dim=2)
+
+
+def field_regulariser(motion, points_unit: torch.Tensor, stage: dict, weights, finest_resolution: float) -> torch.Tensor:
+    """Regularisers of a hash motion at box points ``(P, D)`` (0-d tensor):
+
+    ``smoothness_weight * mean |G|^2 + folding_weight * mean relu(folding_threshold - det(A + G))``,
+    ``G`` the displacement gradient (forward differences, step half the finest motion cell) and
+    ``A`` the linear part of the motion's base matrix, so ``det(A + G)`` is the Jacobian determinant
+    of the whole map: the second term only acts where the map (nearly) folds.
+    """
+    smooth_weight = float(stage["smoothness_weight"])
+    fold_weight = float(stage["folding_weight"])
+    if smooth_weight <= 0 and fold_weight <= 0:
+        return points_unit.new_zeros(())
+    grad = _displacement_gradient(motion, points_unit, weights, 0.5 / float(finest_resolution))
+    total = points_unit.new_zeros(())
+    if smooth_weight > 0:
+        total = total + smooth_weight * grad.pow(2).sum((1, 2)).mean()
+    if fold_weight > 0:
+        ndim = points_unit.shape[1]
+        linear = motion.matrix()[:ndim, :ndim].to(grad.dtype)
+        det = torch.linalg.det(linear + grad)
+        total = total + fold_weight * torch.relu(float(stage["folding_threshold"]) - det).mean()
+    return total
+
+
+QUALITY_STAGE = {"objective": "mutual_information", "bins": 16}  # when no stage compares the real images
+_SUSPECT_MARGIN = 0.01  # relative: a final data term this much worse than the better start is suspect
+
+
+def match_quality(pair: ImagePair, motion, initial: torch.Tensor | None, stage: dict) -> dict:
+    """How well the images match by ``stage``'s objective (a :class:`Similarity` on the sharp images,
+    lower is better) with no registration (the grids placed through their affines), at the start of
+    the first stage (``initial``; None: identity), and at the end (``motion``); ``suspect`` when the
+    end is worse than the better of the two starts (by more than ``_SUSPECT_MARGIN`` of its
+    magnitude): the registration made things worse."""
+    similarity = Similarity(pair, stage)
+    start = torch.eye(pair.ndim + 1, dtype=torch.float64) if initial is None else initial
+    no_registration = similarity.score(lambda points: points)
+    at_start = similarity.score(lambda points: apply_affine(start, points))
+    final = similarity.score(motion)
+    best = min(no_registration, at_start)
+    suspect = bool(math.isfinite(best) and final > best + _SUSPECT_MARGIN * abs(best))
+    return {"metric": stage["objective"], "no_registration": no_registration, "start": at_start, "final": final,
+            "suspect": suspect}
