@@ -199,3 +199,18 @@ def test_file_inputs(tmp_path, fixed2d):
     assert result.fixed_grid.shape[:2] == (64, 64)
     recovered = interior_mean(result.ddf)[:2]
     assert torch.allclose(recovered, torch.tensor([2.0, 0.0]), atol=0.5), recovered
+
+
+def test_a_stage_list_of_your_own(fixed2d):
+    """``stages=[...]``: one rigid stage on mutual information over two smoothing levels recovers a
+    shift; ``result.stages`` says what ran."""
+    moving = shifted(fixed2d, (3.0, -2.0))
+    stage = {"name": "pose", "motion": "rigid", "objective": "mutual_information", "iterations": 300,
+             "smoothing_voxels": [2, 0], "fixed_points": 2048}
+    result = register(fixed2d, moving, stages=[stage], initial_alignment="none")
+    assert torch.allclose(interior_mean(result.ddf), torch.tensor([3.0, -2.0]), atol=0.5), interior_mean(result.ddf)
+    [record] = result.stages
+    assert (record["name"], record["objective"], record["motion"], record["iterations"]) == \
+        ("pose", "mutual_information", "rigid", 300)
+    assert record["final_loss"] == result.loss_history[-1] and record["started_from"] == "previous"
+    assert result.parametric and result.motion == "rigid" and result.quality["metric"] == "mutual_information"

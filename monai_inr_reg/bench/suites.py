@@ -206,12 +206,12 @@ def run_rigid_levels(opts: SuiteOptions) -> dict:
         tables.append(f"### {group}\n\n" + _rigid_table([r for r in records if r["group"] == group], names, multimodal))
     notes += [f"ANTs: {ANTS_SETTINGS['ants-rigid-ms']} (single-modal), {ANTS_SETTINGS['ants-rigid-mi']} (multi-modal)",
               f"elastix: {ELASTIX_SETTINGS}",
-              "ours-rigid: preset multimodal-rigid / rigid; ours-near-rigid: same preset with motion=near_rigid "
+              "ours-rigid: preset multimodal-rigid / rigid; ours-near-rigid: same stages with the near_rigid hash motion "
               "(scored at the corner voxels of its field; 'fit' = affine least-squares fit inside the brain mask)",
               "corner error: mean distance of the 4 corner pixel centres under recovered vs true map, / width "
               "(PNG columns); success < 0.02",
               "from start: pairs where our refinement's first level ended better from the initial alignment "
-              "than from the image-net stage, and continued from there (refine.also_from_start)"]
+              "than from the image-net stage, and continued from there (the refine stage's candidates: previous, start)"]
     return {"suite": "rigid-levels", "notes": notes, "cases": records, "tables": "\n\n".join(tables)}
 
 
@@ -239,7 +239,7 @@ def _rigid_table(records: list[dict], names: list[str], multimodal: bool) -> str
             k = sum(bool(r["success"]) for r in at)
             succ.append(f"{k}/{len(at)} ({100.0 * k / max(len(at), 1):.0f} %)")
             err.append(_mean([r["relative_error"] for r in at]))
-        # ours: pairs whose refinement continued from the initial alignment (refine.also_from_start)
+        # ours: pairs whose refine stage continued from the initial alignment (candidates: previous, start)
         kept = [bool(r["info"]["refined_from_start"]) for r in mine if "refined_from_start" in r.get("info", {})]
         rows.append([method_label(name, multimodal=multimodal)] + succ + err + [_mean([r.get("seconds") for r in mine])]
                     + [f"{sum(kept)}/{len(kept)}" if kept else "-"])
