@@ -128,6 +128,9 @@ struct Corners {
 
 constexpr int64_t kBlock = 256;          // forward: a block's output rows stay in L1 across levels
 constexpr int64_t kBackwardBlock = 2048; // backward: a block's rows of grad_out stay in L2 across levels
+// backward: the active levels are split among this many tasks whatever the thread count, so the
+// point gradients are summed in one order and a result does not depend on the number of threads
+constexpr int64_t kBackwardTasks = 4;
 
 // Runs of consecutive levels (in the given order) with the same grid: their cell, weights and
 // rows differ only by the level offset, so they are computed once per point (all levels of the
@@ -259,7 +262,7 @@ void backward_impl(const T* G, const T* X, const T* params, const T* weights, T*
     if (weights[l] != T(0)) active.push_back(l);
   const int64_t n_active = static_cast<int64_t>(active.size());
   if (n_active == 0) return;
-  const int64_t n_tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_active));
+  const int64_t n_tasks = std::min<int64_t>(kBackwardTasks, n_active);
   // each task owns every n_tasks-th active level (coarse, cache-friendly levels and fine, hashed
   // ones mix in each task) and is the only writer of those levels' table gradients
   std::vector<std::vector<std::vector<int64_t>>> task_groups(n_tasks);
