@@ -117,7 +117,8 @@ def _ours(fixed, fixed_grid, moving, moving_grid, *, preset: str, seed: int, ite
     out = MethodOutput(ddf_mm=result.ddf_mm.to(torch.float64),
                        info={"preset": preset, "overrides": kwargs, "motion": result.motion,
                              "final_loss": result.loss_history[-1] if result.loss_history else None,
-                             "refined_from_start": bool(result.refined_from_start), "quality": result.quality})
+                             "refined_from_start": bool(result.refined_from_start), "quality": result.quality,
+                             "stages": result.stages, "field_seconds": result.stage_seconds.get("field")})
     if result.parametric:
         out.matrix_mm = result.matrix_mm.to(torch.float64)
     return out
