@@ -249,6 +249,9 @@ def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:
     for key in ("warmup", "image_coarse_to_fine_share", "coarse_to_fine_share"):
         if key in resolved and not 0.0 <= float(resolved[key]) <= 1.0:
             raise ValueError(f"load_preset(): {where}: {key!r} must be within [0, 1], got {resolved[key]!r}")
+    if int(resolved["convergence_window"]) < 0 or float(resolved["convergence_tolerance"]) < 0:
+        raise ValueError(f"load_preset(): {where}: 'convergence_window' and 'convergence_tolerance' must be >= 0, "
+                         f"got {resolved['convergence_window']!r}, {resolved['convergence_tolerance']!r}")
     for key in ("fixed_points", "moving_points", "bins"):
         if key in resolved and not int(resolved[key]) >= (2 if key == "bins" else 1):
             raise ValueError(f"load_preset(): {where}: {key!r} must be a positive count, got {resolved[key]!r}")

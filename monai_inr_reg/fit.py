@@ -3,7 +3,9 @@
 Per iteration: sample fixed voxels, move them with the motion, evaluate the stage's objective
 (:mod:`monai_inr_reg.objectives`), add the motion's regularisers, take one Adam step, record the
 data term. Per level (the stage's ``smoothing_voxels``): the objective switches to that level's
-images and the learning rate to that level's factor. Nothing else in the package trains anything.
+images and the learning rate to that level's factor; a level ends after its iterations, or earlier
+when its loss has stopped improving (``convergence_window``; the schedule then goes on from where
+the level was planned to end). Nothing else in the package trains anything.
 """
 
 from __future__ import annotations
@@ -42,6 +44,18 @@ def motion_parameter_groups(motion, motion_config: dict) -> list[dict]:
         return [{"params": motion.net.encoding_parameters(), "lr": float(lr["encoding"]), "scale": True},
                 {"params": motion.net.network_parameters(), "lr": float(lr["network"]), "scale": True}]
     return [{"params": list(motion.parameters()), "lr": float(lr), "scale": True}]
+
+
+def converged(losses: list[float], window: int, tolerance: float) -> bool:
+    """Whether the last ``window`` losses have stopped improving: the least-squares line through them
+    predicts a drop over the window smaller than ``tolerance`` times their mean magnitude (ANTs'
+    convergence window, on the raw data term; deterministic for a seed)."""
+    if window < 2 or len(losses) < window:
+        return False
+    tail = losses[-window:]
+    mean_i, mean_l = (window - 1) / 2.0, sum(tail) / window
+    slope = sum((i - mean_i) * (v - mean_l) for i, v in enumerate(tail)) / sum((i - mean_i) ** 2 for i in range(window))
+    return -slope * window < tolerance * max(abs(mean_l), 1e-12)
 
 
 def fixed_points_per_iteration(stage: dict, motion) -> int:
@@ -88,6 +102,7 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
     n_batch = min(fixed_points_per_iteration(stage, candidates[0]), n_fixed)
     final, warmup, whole = float(stage["final_learning_rate_factor"]), float(stage["warmup"]), stage["schedule"] == "whole"
     share = float(stage.get("coarse_to_fine_share", 0.0))
+    window, tolerance = int(stage["convergence_window"]), float(stage["convergence_tolerance"])
     finest = float(motion_config["encoding"]["finest_resolution"]) if "encoding" in motion_config else 0.0
     device = pair.fixed_values.device
 
@@ -122,6 +137,10 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
             if show and bar is not None:
                 bar.update(1)
                 bar.set_postfix_str(f"{stage['name']} loss {losses[-1]:.4f}", refresh=False)
+            if window and converged(losses, window, tolerance):
+                if show and bar is not None:
+                    bar.update(steps - len(losses))
+                break
         return losses
 
     chosen, done, history = 0, 0, []

@@ -6,7 +6,7 @@ and the fit loop (:mod:`monai_inr_reg.fit`) only read it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -45,14 +45,19 @@ class ImagePair:
     box: NormalisedBox
     center_mm: torch.Tensor       # (D,) float64 fixed image centre
     ndim: int
+    _smoothed: dict = field(default_factory=dict, repr=False)  # sigma -> (fixed_values, moving), kept for later stages
 
     def smoothed(self, sigma_voxels: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``(fixed_values (N_fixed,), moving (1, *S_moving))`` after a Gaussian of ``sigma_voxels``
-        (each image in its own voxels; 0: the images themselves)."""
-        fixed_values = gaussian_smooth(self.fixed, sigma_voxels).reshape(-1)
-        if self.fixed_index is not None:
-            fixed_values = fixed_values.index_select(0, self.fixed_index)
-        return fixed_values, gaussian_smooth(self.moving, sigma_voxels)
+        (each image in its own voxels; 0: the images themselves). Computed once per sigma and kept:
+        smoothing a 1 mm brain costs about a second per image, and stages share their levels."""
+        key = float(sigma_voxels)
+        if key not in self._smoothed:
+            fixed_values = gaussian_smooth(self.fixed, key).reshape(-1)
+            if self.fixed_index is not None:
+                fixed_values = fixed_values.index_select(0, self.fixed_index)
+            self._smoothed[key] = (fixed_values, gaussian_smooth(self.moving, key))
+        return self._smoothed[key]
 
     def in_moving_mask(self, points_voxel: torch.Tensor) -> torch.Tensor:
         """``(P,)`` bool: moving voxel points ``(P, D)`` that fall inside the moving mask (outside the grid: no)."""

@@ -214,3 +214,17 @@ def test_a_stage_list_of_your_own(fixed2d):
         ("pose", "mutual_information", "rigid", 300)
     assert record["final_loss"] == result.loss_history[-1] and record["started_from"] == "previous"
     assert result.parametric and result.motion == "rigid" and result.quality["metric"] == "mutual_information"
+
+
+def test_convergence_stops_a_level_when_its_loss_stops_improving(fixed2d):
+    from monai_inr_reg.fit import converged
+
+    assert converged([1.0, 1.0, 1.0, 1.0], 4, 1e-3) and not converged([4.0, 3.0, 2.0, 1.0], 4, 1e-3)
+    assert not converged([1.0, 1.0, 1.0], 4, 1e-3)  # fewer losses than the window
+    moving = shifted(fixed2d, (3.0, -2.0))
+    stage = {"name": "pose", "motion": "rigid", "objective": "mapped_l2", "iterations": [400, 400],
+             "smoothing_voxels": [2, 0], "schedule": "per_level", "convergence_window": 30, "convergence_tolerance": 0.02}
+    runs = [register(fixed2d, moving, stages=[stage], initial_alignment="none") for _ in range(2)]
+    assert runs[0].loss_history == runs[1].loss_history  # deterministic for a seed
+    assert runs[0].stages[0]["iterations"] < 800  # stopped early
+    assert torch.allclose(interior_mean(runs[0].ddf), torch.tensor([3.0, -2.0]), atol=0.5), interior_mean(runs[0].ddf)
