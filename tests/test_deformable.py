@@ -97,7 +97,9 @@ def test_image_net_deformable_stage_runs_and_helps():
                        "fixed_points_cover_table": False}
     image_net_stage.pop("bins")
     mi_stage = {**field, "iterations": 100, "warmup": 0.0, "coarse_to_fine_share": 0.0}
-    result = register(fixed, moving, "deformable", seed=0, progress=False, stages=[image_net_stage, mi_stage])
+    paper_image_net = {"encoding": {"n_levels": 16, "finest_resolution": 256}}  # the paper's (and base.yaml's) image net
+    result = register(fixed, moving, "deformable", seed=0, progress=False, stages=[image_net_stage, mi_stage],
+                      image=paper_image_net)
     assert [name for name, _ in result.stage_ends] == ["image_net", "deformable"]
     assert result.stage_ends[0][1] == 150 and result.stage_ends[1][1] == 250
     assert [s["objective"] for s in result.stages] == ["image_net", "mutual_information"]
@@ -195,5 +197,5 @@ def test_refinement_points_cover_the_finest_motion_level():
 
 def test_unknown_objective_is_named():
     fixed, moving, _ = warped_pair((24, 24), 1.0)
-    with pytest.raises(ValueError, match=r"stage 2 \('deformable'\): 'objective' must be one of"):
+    with pytest.raises(ValueError, match=r"stage 3 \('deformable'\): 'objective' must be one of"):
         register(fixed, moving, "deformable", progress=False, stages={"deformable": {"objective": "ncc"}})

@@ -59,16 +59,19 @@ def stages_of(name: str) -> list[tuple[str, str, str]]:
 def test_presets_keep_their_stages():
     capture, affine = ("rigid", "rigid", "image_net"), ("affine", "affine", "image_net")
     field = ("deformable", "deformable", "mutual_information")
-    assert stages_of("deformable") == stages_of("multimodal-deformable") == [capture, affine, field]
+    # the deformable presets take the rigid presets' pose (capture, then the real images over a pyramid)
+    pose = [capture, ("rigid_refine", "rigid", "mapped_l2"), ("affine", "affine", "mutual_information")]
+    assert stages_of("deformable") == stages_of("multimodal-deformable") == pose + [field]
     assert stages_of("rigid") == stages_of("multimodal-rigid") == [capture, ("refine", "rigid", "mapped_l2")]
     assert stages_of("affine") == [capture, affine, ("refine", "affine", "mapped_l2")]
     assert stages_of("paper-rigid") == [("near_rigid", "near_rigid", "image_net")]
     assert stages_of("paper-deformable") == [("deformable", "deformable", "image_net")]
     deformable, multimodal = load_preset("deformable"), load_preset("multimodal-deformable")
-    assert [s["iterations"] for s in deformable["stages"]] == [600, 300, 600]
-    assert [s["iterations"] for s in multimodal["stages"]] == [1000, 300, 600]
-    assert deformable["stages"][2]["smoothness_weight"] == 0.3 and multimodal["stages"][2]["smoothness_weight"] == 1.0
-    assert deformable["stages"][2]["smoothing_voxels"] == [1.0, 0.0] and not deformable["multimodal"]
+    assert [s["iterations"] for s in deformable["stages"]] == [s["iterations"] for s in multimodal["stages"]] == \
+        [200, 200, 150, 600]
+    assert deformable["stages"][1] == load_preset("rigid")["stages"][1] | {"name": "rigid_refine"}
+    assert deformable["stages"][3]["smoothness_weight"] == 0.3 and multimodal["stages"][3]["smoothness_weight"] == 1.0
+    assert deformable["stages"][3]["smoothing_voxels"] == [1.0, 0.0] and not deformable["multimodal"]
     assert multimodal["multimodal"] and load_preset("multimodal-rigid")["multimodal"]
     refine = load_preset("rigid")["stages"][1]
     assert refine["smoothing_voxels"] == [4.0, 2.0, 1.0, 0.0] and refine["learning_rate_factor"] == [0.3, 0.3, 0.3, 0.1]
@@ -76,12 +79,12 @@ def test_presets_keep_their_stages():
     assert refine["robust_scale"] == 0.0 and refine["bins"] == 24
     assert load_preset("rigid")["stages"][0]["fixed_points"] == 512
     for name in list_presets():
-        assert load_preset(name)["image"]["encoding"]["n_levels"] == (8 if name in ("rigid", "multimodal-rigid", "affine") else 16)
+        assert load_preset(name)["image"]["encoding"]["n_levels"] == (16 if "paper" in name else 8)
 
 
 def test_overrides_by_stage_name_and_a_list_of_your_own():
     changed = load_preset("deformable", **{"stages.deformable.iterations": 30, "iterations_scale": 0.5})
-    assert [s["iterations"] for s in changed["stages"]] == [600, 300, 30] and changed["iterations_scale"] == 0.5
+    assert [s["iterations"] for s in changed["stages"]] == [200, 200, 150, 30] and changed["iterations_scale"] == 0.5
     own = load_preset("rigid", stages=[{"name": "only", "motion": "affine", "objective": "mutual_information"}])
     [stage] = own["stages"]
     assert stage["bins"] == 16 and "robust_scale" not in stage and "moving_points" not in stage
