@@ -29,7 +29,7 @@ __all__ = ["load_preset", "list_presets", "describe_preset", "merge_overrides", 
 PARAMETRIC_MODELS = ("rigid", "affine")
 MOTION_MODELS = PARAMETRIC_MODELS + ("hash",)
 OBJECTIVES = ("image_net", "mapped_l2", "mutual_information")
-INITIAL_ALIGNMENTS = ("center_of_mass", "none")
+INITIAL_ALIGNMENTS = ("center_of_mass", "none", "search")
 SCHEDULES = ("whole", "per_level")
 CANDIDATES = ("previous", "start")
 
@@ -38,6 +38,7 @@ _APPLIES = {
     "moving_points": ("objective", ("image_net",)),
     "image_coarse_to_fine_share": ("objective", ("image_net",)),
     "bins": ("objective", ("mapped_l2", "mutual_information")),
+    "guard": ("objective", ("mapped_l2", "mutual_information")),
     "symmetric": ("objective", ("mapped_l2",)),
     "robust_scale": ("objective", ("mapped_l2",)),
     "coarse_to_fine_share": ("model", ("hash",)),
@@ -255,7 +256,7 @@ def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:
     for key in ("fixed_points", "moving_points", "bins"):
         if key in resolved and not int(resolved[key]) >= (2 if key == "bins" else 1):
             raise ValueError(f"load_preset(): {where}: {key!r} must be a positive count, got {resolved[key]!r}")
-    for key in ("symmetric", "fixed_points_cover_table"):
+    for key in ("symmetric", "fixed_points_cover_table", "guard"):
         if key in resolved and resolved[key] not in (True, False):
             raise ValueError(f"load_preset(): {where}: {key!r} must be true or false, got {resolved[key]!r}")
     return resolved

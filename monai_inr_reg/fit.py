@@ -10,6 +10,7 @@ the level was planned to end). Nothing else in the package trains anything.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -69,7 +70,7 @@ def fixed_points_per_iteration(stage: dict, motion) -> int:
 
 
 def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dict, objective, *,
-              iterations_scale: float, generator: torch.Generator, bar=None) -> tuple[object, int, list[float]]:
+              iterations_scale: float, generator: torch.Generator, bar=None) -> tuple[object, int, list[float], dict | None]:
     """Fit one stage (a resolved stage of :func:`monai_inr_reg.config.load_preset`).
 
     Args:
@@ -85,13 +86,20 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
         bar: an optional tqdm bar, advanced once per iteration.
 
     Returns:
-        ``(motion, chosen, losses)``: the fitted motion, its index in ``candidates``, and the data
-        term per iteration.
+        ``(motion, chosen, losses, guard)``: the fitted motion, its index in ``candidates``, the data
+        term per iteration, and for a stage that compares the real images (``objective.score``),
+        ``{"start", "end", "kept_start"}``: its data term at its last level before and after
+        (same points, same metric); with ``guard`` on, a stage that ended worse than it started
+        hands on its start (``kept_start``) instead: it made things worse (None: an image-net stage).
     """
     steps_per_level = stage_iterations(stage, iterations_scale)
     total = sum(steps_per_level)
     if total == 0:
-        return candidates[0], 0, []
+        return candidates[0], 0, [], None
+    scored = hasattr(objective, "score")
+    if scored:
+        objective.set_level(stage["smoothing_voxels"][-1])
+        received, start_score = copy.deepcopy(candidates[0]), objective.score(candidates[0])
     optimizers = []
     for motion in candidates:
         groups = objective.parameter_groups() + motion_parameter_groups(motion, motion_config)
@@ -159,4 +167,9 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
             losses = run_level(candidates[chosen], optimizers[chosen], steps, done, level_factor, show=True)
         history.extend(losses)
         done += steps
-    return candidates[chosen], chosen, history
+    if not scored:
+        return candidates[chosen], chosen, history, None
+    end_score = objective.score(candidates[chosen])
+    kept_start = bool(stage.get("guard", False) and end_score > start_score)
+    guard = {"start": start_score, "end": end_score, "kept_start": kept_start}
+    return (received, 0, history, guard) if kept_start else (candidates[chosen], chosen, history, guard)

@@ -26,6 +26,7 @@ from .nn import CoordinateNet
 from .objectives import QUALITY_STAGE, ImageNetL2, Similarity, match_quality
 from .pair import initial_matrix, normalise_intensity, prepare_pair
 from .result import RegistrationResult
+from .start import search_start
 
 __all__ = ["register", "register_on_grids", "as_image_and_grid", "normalise_intensity"]
 
@@ -127,8 +128,13 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         generator = torch.Generator(device=device).manual_seed(seed)
-        initial = initial_transform if initial_transform is not None else initial_matrix(
-            pair, fixed_grid, moving_grid, config["initial_alignment"])
+        how = "initial_transform" if initial_transform is not None else config["initial_alignment"]
+        start_record = {"alignment": how}
+        if how == "search":
+            initial, start_record["candidates"] = search_start(pair, fixed_grid, moving_grid, seed=seed)
+        else:
+            initial = initial_transform if initial_transform is not None else initial_matrix(pair, fixed_grid, moving_grid, how)
+        start_record["seconds"] = time.perf_counter() - start
         image_net, motion, motion_name, matrix = None, None, None, initial
         for stage in config["stages"]:
             motion_config = config["motions"][stage["motion"]]
@@ -141,13 +147,18 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
                        "start": lambda: make_motion(motion_config, pair.center_mm, pair.box, initial, device)}
             candidates = [sources[name]() for name in stage["candidates"]]
             objective = _objective(stage, pair, image_net, config, motion_config)
-            motion, chosen, losses = fit_stage(pair, stage, candidates, motion_config, objective, iterations_scale=scale,
-                                               generator=generator, bar=bar)
+            motion, chosen, losses, guard = fit_stage(pair, stage, candidates, motion_config, objective,
+                                                      iterations_scale=scale, generator=generator, bar=bar)
             motion_name, matrix = stage["motion"], motion.matrix().detach().to(torch.float64).cpu()
             history.extend(losses)
             records.append({"name": stage["name"], "objective": stage["objective"], "motion": stage["motion"],
-                            "iterations": len(losses), "seconds": time.perf_counter() - start - sum(r["seconds"] for r in records),
-                            "final_loss": losses[-1] if losses else None, "started_from": stage["candidates"][chosen]})
+                            "iterations": len(losses),
+                            "seconds": time.perf_counter() - start - start_record["seconds"] - sum(r["seconds"] for r in records),
+                            "final_loss": losses[-1] if losses else None, "started_from": stage["candidates"][chosen],
+                            "similarity": guard})
+            if guard and guard["kept_start"]:
+                logger.warning("monai_inr_reg: stage %r matched the images worse at its end (%.4g) than at its start (%.4g); "
+                               "its start was handed on (guard)", stage["name"], guard["end"], guard["start"])
             if len(candidates) > 1 and records[-1]["started_from"] == "start":
                 logger.info("monai_inr_reg: stage %r matched the images better when started from the initial alignment "
                             "than from the previous stages' result; it continued from there", stage["name"])
@@ -162,7 +173,7 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
     if bar is not None:
         bar.close()
     ddf = ddf_voxel_from_ddf_mm(dense_displacement_mm(motion, fixed_grid, device), fixed_grid.mm_from_voxel).to(torch.float32)
-    stage_seconds = {r["name"]: r["seconds"] for r in records}
+    stage_seconds = {"start": start_record["seconds"], **{r["name"]: r["seconds"] for r in records}}
     stage_seconds["field"] = time.perf_counter() - start - sum(stage_seconds.values())
     ends = [sum(r["iterations"] for r in records[: i + 1]) for i in range(len(records))]
     return RegistrationResult(
@@ -175,6 +186,7 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
         moving_image=moving_image.detach().cpu(),
         seconds=time.perf_counter() - start,
         loss_history=history,
+        start=start_record,
         stages=records,
         stage_ends=[(r["name"], end) for r, end in zip(records, ends)],
         stage_seconds=stage_seconds,

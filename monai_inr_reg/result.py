@@ -42,12 +42,17 @@ class RegistrationResult:
         moving_image: ``(C, *S_moving)`` the moving image as given (intensities not normalised).
         seconds: wall time of the registration.
         loss_history: loss per iteration, all stages concatenated.
+        start: how the first stage started: ``alignment`` (``center_of_mass``, ``none``, ``search``
+            or ``initial_transform``), ``seconds``, and for ``search`` its ``candidates`` (name, score
+            before and after the short fit, which won).
         stages: what ran, one dict per stage: ``name``, ``objective``, ``motion``, ``iterations`` (run),
             ``seconds``, ``final_loss`` (the last iteration's data term; None when it ran none) and
             ``started_from`` (``"previous"``, or ``"start"`` when its candidates included the initial
-            alignment and that one matched better after the first level).
+            alignment and that one matched better after the first level), and ``similarity`` for a stage
+            that compares the real images: its data term at its start and end, and ``kept_start``
+            when it ended worse and handed on its start (the guard); None for image-net stages.
         stage_ends: index into ``loss_history`` where each stage ended, with its name.
-        stage_seconds: wall time per stage name (set-up counts toward the first; ``"field"``: the dense output field).
+        stage_seconds: wall time per stage name, ``"start"`` (set-up and the initial alignment) and ``"field"`` (the dense output field).
         refined_from_start: a stage continued from the initial alignment rather than from the stages
             before it (``started_from == "start"``): an image-net stage that ran away was dropped.
         quality: how well the images match, by the last stage's data term that compares the real
@@ -68,6 +73,7 @@ class RegistrationResult:
     moving_image: torch.Tensor
     seconds: float = 0.0
     loss_history: list[float] = field(default_factory=list)
+    start: dict[str, Any] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)
     stage_ends: list[tuple[str, int]] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)

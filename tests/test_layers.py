@@ -1,4 +1,4 @@
-"""The layering rule: core -> inputs/nn/ITK conversions -> pair/motion/result -> objectives -> fit -> register
+"""The layering rule: core -> inputs/nn/ITK conversions -> pair/motion/result -> objectives -> fit -> start -> register
 -> adapters, never upward (no exceptions, so no import circle); monai/itk only where allowed."""
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ LAYERS = {
     "motion": 2, "result": 2, "pair": 2,
     "objectives": 3,
     "fit": 4,
-    "register": 5,
-    "transforms": 6, "itk_registration": 6, "pipeline": 6, "metrics": 6, "bench": 6, "demo": 6, "apply": 6,
-    "cli": 7,
+    "start": 5,
+    "register": 6,
+    "transforms": 7, "itk_registration": 7, "pipeline": 7, "metrics": 7, "bench": 7, "demo": 7, "apply": 7,
+    "cli": 8,
 }
 ADAPTERS_USING_MONAI = {"transforms", "itk_bridge", "itk_registration", "pipeline", "metrics", "bench", "demo", "cli",
                         "io", "result", "apply"}

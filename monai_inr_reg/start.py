@@ -1,0 +1,119 @@
+"""A global search for the first stage's start (``initial_alignment: search``).
+
+Candidate starts, each a ``(D + 1, D + 1)`` float64 map fixed LPS mm -> moving LPS mm: the identity
+(the grids placed on each other through their affines), the centre of mass (as ANTs and ITK
+initialise), the principal axes (the intensity-weighted moments of both images, as ITK's and ANTs'
+moments initialisers; every sign choice that is a rotation), and quarter turns about each axis
+through the centres of mass (as ANTs' ``affine_initializer`` and the several-start practice of
+elastix users). Each is scored by a similarity on the images smoothed to a coarse level; the best
+few get a short rigid fit through the one fit loop (:func:`monai_inr_reg.fit.fit_stage`) and the
+best score after it wins.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+from .core.grid import ImageGrid, apply_affine
+from .core.linear import about_center
+from .fit import fit_stage
+from .motion import RigidMotion
+from .objectives import Similarity
+from .pair import ImagePair, initial_matrix
+
+__all__ = ["candidate_starts", "search_start", "SEARCH"]
+
+# what the search does: level (voxels of smoothing), how many candidates get a short fit, and that fit
+SEARCH = {"smoothing_voxels": 2.0, "keep": 3, "fit": {"name": "search", "motion": "rigid", "objective": "mutual_information",
+                                                      "iterations": 60, "smoothing_voxels": [2.0], "bins": 16,
+                                                      "learning_rate_factor": 1.0, "final_learning_rate_factor": 0.1,
+                                                      "warmup": 0.0, "schedule": "whole", "fixed_points": 2048,
+                                                      "candidates": ["previous"], "convergence_window": 0,
+                                                      "convergence_tolerance": 0.0}}
+_MOMENT_POINTS = 1 << 18  # voxels (an even stride) from which the moments are taken
+
+
+def _moments(values: torch.Tensor, points_mm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Intensity-weighted centre ``(D,)`` and covariance ``(D, D)`` (float64) of values ``(N,)`` at ``(N, D)`` mm points."""
+    weights = values.detach().to(torch.float64).clamp_min(0)
+    points = points_mm.detach().to(torch.float64)
+    total = weights.sum().clamp_min(1e-12)
+    center = (weights[:, None] * points).sum(0) / total
+    centred = points - center
+    return center, (weights[:, None] * centred).T @ centred / total
+
+
+def _grid_samples(image: torch.Tensor, grid: ImageGrid) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values ``(N,)`` and LPS mm points ``(N, D)`` of up to ``_MOMENT_POINTS`` voxels of ``image`` ``(1, *S)`` (even stride)."""
+    flat = image.reshape(-1)
+    index = torch.arange(0, flat.numel(), max(1, flat.numel() // _MOMENT_POINTS), device=flat.device)
+    voxel = torch.stack(torch.unravel_index(index, grid.shape), dim=1).to(torch.float64).cpu()
+    return flat.index_select(0, index).cpu(), apply_affine(grid.mm_from_voxel, voxel)
+
+
+def _quarter_turns(ndim: int) -> list[tuple[str, torch.Tensor]]:
+    turns = []
+    axes = [(0, 1)] if ndim == 2 else [(1, 2), (2, 0), (0, 1)]  # 3D: about x, y, z
+    for (a, b), quarter in itertools.product(axes, (1, 2, 3)):
+        angle = quarter * math.pi / 2
+        rotation = torch.eye(ndim, dtype=torch.float64)
+        c, s = round(math.cos(angle)), round(math.sin(angle))
+        rotation[a, a], rotation[a, b], rotation[b, a], rotation[b, b] = c, -s, s, c
+        name = f"{quarter * 90} deg" + ("" if ndim == 2 else f" about {'xyz'[3 - a - b]}")
+        turns.append((name, rotation))
+    return turns
+
+
+def candidate_starts(pair: ImagePair, fixed_grid: ImageGrid, moving_grid: ImageGrid) -> list[tuple[str, torch.Tensor]]:
+    """``[(name, matrix)]``: identity, centre of mass, principal axes and quarter turns (see the module)."""
+    ndim = pair.ndim
+    fixed_center, fixed_cov = _moments(pair.fixed_values.cpu(), pair.fixed_points_mm.cpu())
+    moving = pair.moving if pair.moving_mask is None else pair.moving * pair.moving_mask
+    moving_center, moving_cov = _moments(*_grid_samples(moving, moving_grid))
+    shift = moving_center - fixed_center
+    starts = [("identity", torch.eye(ndim + 1, dtype=torch.float64)),
+              ("centre of mass", initial_matrix(pair, fixed_grid, moving_grid, "center_of_mass"))]
+    _, fixed_axes = torch.linalg.eigh(fixed_cov)
+    _, moving_axes = torch.linalg.eigh(moving_cov)
+    for signs in itertools.product((1.0, -1.0), repeat=ndim):
+        rotation = moving_axes @ torch.diag(torch.tensor(signs, dtype=torch.float64)) @ fixed_axes.T
+        if float(torch.linalg.det(rotation)) > 0:
+            starts.append((f"principal axes {''.join('+' if s > 0 else '-' for s in signs)}",
+                           about_center(rotation, shift, fixed_center)))
+    starts += [(name, about_center(rotation, shift, fixed_center)) for name, rotation in _quarter_turns(ndim)]
+    return starts
+
+
+def search_start(pair: ImagePair, fixed_grid: ImageGrid, moving_grid: ImageGrid, *, seed: int = 0,
+                 device=None) -> tuple[torch.Tensor, list[dict]]:
+    """The best start of :func:`candidate_starts` after a short rigid fit (see :data:`SEARCH`).
+
+    Returns:
+        ``(matrix, record)``: the fitted ``(D + 1, D + 1)`` float64 start, and per candidate its
+        name, score before and (the best few) after the short fit (minus mutual information, lower
+        is better), and whether it won.
+    """
+    device = pair.fixed_values.device if device is None else device
+    similarity = Similarity(pair, SEARCH["fit"])
+    similarity.set_level(SEARCH["smoothing_voxels"])
+    record = []
+    for name, matrix in candidate_starts(pair, fixed_grid, moving_grid):
+        record.append({"name": name, "score": similarity.score(lambda p, m=matrix: apply_affine(m, p)), "matrix": matrix})
+    ranked = sorted(range(len(record)), key=lambda i: record[i]["score"])[: SEARCH["keep"]]
+    generator = torch.Generator(device=device).manual_seed(seed)  # the search's own: later stages sample as without it
+    best, best_score = None, math.inf
+    for i in ranked:
+        motion = RigidMotion(pair.center_mm, pair.box.scale_mm(), record[i]["matrix"]).to(device)
+        motion, _, _, _ = fit_stage(pair, SEARCH["fit"], [motion], {"model": "rigid", "learning_rate": 1e-2}, similarity,
+                                 iterations_scale=1.0, generator=generator)
+        record[i]["fitted_score"] = similarity.score(motion)
+        if record[i]["fitted_score"] < best_score:
+            best, best_score = i, record[i]["fitted_score"]
+            fitted = motion.matrix().detach().to(torch.float64).cpu()
+    for i, entry in enumerate(record):
+        entry["won"] = i == best
+        entry.pop("matrix")
+    return fitted, record

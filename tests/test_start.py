@@ -1,0 +1,71 @@
+"""The start (issue 15): a global search over candidate starts, and the guard that hands on a
+stage's start when the stage made the match worse."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from monai_inr_reg import register
+from monai_inr_reg.core.grid import ImageGrid, apply_affine
+from synthetic_images import gaussian_blobs
+
+
+def corner_error(result, truth: torch.Tensor) -> float:
+    """Mean distance (mm = voxels here) of the grid corners under the result's and the true map."""
+    grid = result.fixed_grid
+    corners = grid.corners_mm()
+    index = torch.cartesian_prod(*[torch.tensor([0, s - 1]) for s in grid.shape]).reshape(-1, grid.ndim)
+    ours = corners + torch.stack([result.ddf_mm[(slice(None), *i)] for i in index.tolist()]).to(torch.float64)
+    return float((ours - apply_affine(truth, corners)).norm(dim=1).mean())
+
+
+def quarter_turned(shape, axes=(0, 1)):
+    """``(fixed, moving, truth)``: blobs, and the blobs turned a quarter about the grid centre in the
+    plane of ``axes``; ``truth`` maps fixed LPS mm -> moving LPS mm (identity affines)."""
+    fixed = gaussian_blobs(shape)
+    moving = np.ascontiguousarray(np.rot90(fixed, k=1, axes=axes))
+    grid = ImageGrid.from_ras_affine(shape, None)
+    # moving[i] = fixed[R^-1 i] about the centre, in voxels; the map fixed -> moving is voxel rotation R
+    ndim = len(shape)
+    rotation = torch.eye(ndim, dtype=torch.float64)
+    a, b = axes
+    rotation[a, a], rotation[a, b], rotation[b, a], rotation[b, b] = 0.0, -1.0, 1.0, 0.0
+    centre = torch.tensor([(s - 1) / 2 for s in shape], dtype=torch.float64)
+    voxel_map = torch.eye(ndim + 1, dtype=torch.float64)
+    voxel_map[:ndim, :ndim], voxel_map[:ndim, ndim] = rotation, centre - rotation @ centre
+    truth = grid.mm_from_voxel @ voxel_map @ torch.linalg.inv(grid.mm_from_voxel)
+    return torch.from_numpy(fixed)[None], torch.from_numpy(moving)[None], truth
+
+
+def test_the_search_finds_a_quarter_turn_in_2d():
+    fixed, moving, truth = quarter_turned((64, 64))
+    found = register(fixed, moving, "rigid", initial_alignment="search")
+    assert corner_error(found, truth) < 0.5, corner_error(found, truth)
+    assert found.start["alignment"] == "search" and sum(c["won"] for c in found.start["candidates"]) == 1
+    lost = register(fixed, moving, "rigid")  # from the centre of mass: a quarter turn is out of reach
+    assert corner_error(lost, truth) > 5.0, corner_error(lost, truth)
+
+
+def test_the_search_finds_a_quarter_turn_about_one_axis_in_3d():
+    fixed, moving, truth = quarter_turned((32, 32, 32), axes=(1, 2))
+    result = register(fixed, moving, "rigid", initial_alignment="search")
+    assert corner_error(result, truth) < 1.0, corner_error(result, truth)  # within a voxel
+
+
+def test_the_guard_hands_on_the_start_of_a_stage_that_made_things_worse(caplog):
+    """A mapped-L2 stage driven off by a learning rate 1000x too high: with the guard its start is
+    handed on (the match of the start, not worse); without it the result is worse than the start."""
+    fixed = torch.from_numpy(gaussian_blobs((64, 56)))[None]
+    moving = torch.from_numpy(gaussian_blobs((64, 56), (3.0, -2.0)))[None]
+    wild = {"name": "wild", "motion": "rigid", "objective": "mapped_l2", "iterations": 40, "learning_rate_factor": 300.0}
+    with caplog.at_level(logging.WARNING, logger="monai_inr_reg.register"):
+        guarded = register(fixed, moving, stages=[wild])
+    similarity = guarded.stages[0]["similarity"]
+    assert similarity["kept_start"] and similarity["end"] > similarity["start"]
+    assert "handed on" in caplog.text
+    assert guarded.quality["final"] == guarded.quality["start"]  # the start, exactly
+    unguarded = register(fixed, moving, stages=[{**wild, "guard": False}])
+    assert not unguarded.stages[0]["similarity"]["kept_start"] and unguarded.quality["final"] > guarded.quality["final"]
