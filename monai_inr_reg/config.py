@@ -239,6 +239,7 @@ def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:
     if any(int(i) < 0 for i in (iterations or [resolved["iterations"]])):
         raise ValueError(f"load_preset(): {where}: 'iterations' must be >= 0, got {resolved['iterations']!r}")
     _per_level(resolved["learning_rate_factor"], len(smoothing), f"{where}: 'learning_rate_factor'")
+    _per_level(resolved["fixed_points"], len(smoothing), f"{where}: 'fixed_points'")
     if resolved["schedule"] not in SCHEDULES:
         raise ValueError(f"load_preset(): {where}: 'schedule' must be one of {SCHEDULES}, got {resolved['schedule']!r}")
     candidates = resolved["candidates"]
@@ -254,7 +255,10 @@ def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:
         raise ValueError(f"load_preset(): {where}: 'convergence_window' and 'convergence_tolerance' must be >= 0, "
                          f"got {resolved['convergence_window']!r}, {resolved['convergence_tolerance']!r}")
     for key in ("fixed_points", "moving_points", "bins"):
-        if key in resolved and not int(resolved[key]) >= (2 if key == "bins" else 1):
+        if key not in resolved:
+            continue
+        values = resolved[key]
+        if not all(int(v) >= (2 if key == "bins" else 1) for v in (values if isinstance(values, list) else [values])):
             raise ValueError(f"load_preset(): {where}: {key!r} must be a positive count, got {resolved[key]!r}")
     for key in ("symmetric", "fixed_points_cover_table", "guard"):
         if key in resolved and resolved[key] not in (True, False):

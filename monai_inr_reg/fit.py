@@ -59,11 +59,13 @@ def converged(losses: list[float], window: int, tolerance: float) -> bool:
     return -slope * window < tolerance * max(abs(mean_l), 1e-12)
 
 
-def fixed_points_per_iteration(stage: dict, motion) -> int:
-    """``fixed_points``, and with ``fixed_points_cover_table`` (hash motions) at least one per stored
-    entry of the finest level (``min((R + 1)^D, 2^log2_hashmap_size)``), so that every entry gets a
-    gradient about every iteration (3D brains: 300 x 4096 points gave Dice 0.69, 300 x 16384 0.72)."""
-    points = int(stage["fixed_points"])
+def fixed_points_per_iteration(stage: dict, motion, level: int = 0) -> int:
+    """``fixed_points`` (of ``level`` when it is a list), and with ``fixed_points_cover_table`` (hash
+    motions) at least one per stored entry of the finest level (``min((R + 1)^D, 2^log2_hashmap_size)``),
+    so that every entry gets a gradient about every iteration (3D brains: 300 x 4096 points gave
+    Dice 0.69, 300 x 16384 0.72)."""
+    points = stage["fixed_points"]
+    points = int(points[level] if isinstance(points, (list, tuple)) else points)
     if stage.get("fixed_points_cover_table") and isinstance(motion, HashMotion):
         points = max(points, motion.net.encoding.spec.sizes[-1])
     return points
@@ -107,14 +109,13 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
             group["base_lr"] = group["lr"]
         optimizers.append(adam(groups))
     n_fixed = pair.fixed_values.shape[0]
-    n_batch = min(fixed_points_per_iteration(stage, candidates[0]), n_fixed)
     final, warmup, whole = float(stage["final_learning_rate_factor"]), float(stage["warmup"]), stage["schedule"] == "whole"
     share = float(stage.get("coarse_to_fine_share", 0.0))
     window, tolerance = int(stage["convergence_window"]), float(stage["convergence_tolerance"])
     finest = float(motion_config["encoding"]["finest_resolution"]) if "encoding" in motion_config else 0.0
     device = pair.fixed_values.device
 
-    def run_level(motion, optimizer, steps: int, done: int, level_factor: float, show: bool) -> list[float]:
+    def run_level(motion, optimizer, steps: int, done: int, level_factor: float, show: bool, n_batch: int) -> list[float]:
         is_hash = isinstance(motion, HashMotion)
         losses = []
         for step in range(steps):
@@ -155,16 +156,17 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
     for level, (sigma, steps, level_factor) in enumerate(zip(stage["smoothing_voxels"], steps_per_level,
                                                               learning_rate_factors(stage))):
         objective.set_level(sigma)
+        n_batch = min(fixed_points_per_iteration(stage, candidates[0], level), n_fixed)
         if level == 0 and len(candidates) > 1:
             state = generator.get_state()
             runs = []
             for index, (motion, optimizer) in enumerate(zip(candidates, optimizers)):
                 generator.set_state(state)  # every candidate sees the same points
-                losses = run_level(motion, optimizer, steps, done, level_factor, show=index == 0)
+                losses = run_level(motion, optimizer, steps, done, level_factor, index == 0, n_batch)
                 runs.append((objective.score(motion), index, losses))
             _, chosen, losses = min(runs)
         else:
-            losses = run_level(candidates[chosen], optimizers[chosen], steps, done, level_factor, show=True)
+            losses = run_level(candidates[chosen], optimizers[chosen], steps, done, level_factor, True, n_batch)
         history.extend(losses)
         done += steps
     if not scored:

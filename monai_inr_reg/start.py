@@ -104,7 +104,7 @@ def search_start(pair: ImagePair, fixed_grid: ImageGrid, moving_grid: ImageGrid,
         record.append({"name": name, "score": similarity.score(lambda p, m=matrix: apply_affine(m, p)), "matrix": matrix})
     ranked = sorted(range(len(record)), key=lambda i: record[i]["score"])[: SEARCH["keep"]]
     generator = torch.Generator(device=device).manual_seed(seed)  # the search's own: later stages sample as without it
-    best, best_score = None, math.inf
+    best, best_score, fitted = ranked[0], math.inf, record[ranked[0]]["matrix"]  # all inf: the best unfitted
     for i in ranked:
         motion = RigidMotion(pair.center_mm, pair.box.scale_mm(), record[i]["matrix"]).to(device)
         motion, _, _, _ = fit_stage(pair, SEARCH["fit"], [motion], {"model": "rigid", "learning_rate": 1e-2}, similarity,

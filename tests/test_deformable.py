@@ -199,3 +199,12 @@ def test_unknown_objective_is_named():
     fixed, moving, _ = warped_pair((24, 24), 1.0)
     with pytest.raises(ValueError, match=r"stage 3 \('deformable'\): 'objective' must be one of"):
         register(fixed, moving, "deformable", progress=False, stages={"deformable": {"objective": "ncc"}})
+
+
+def test_fixed_points_per_level():
+    from monai_inr_reg.fit import fixed_points_per_iteration
+
+    stage = {"fixed_points": [512, 2048]}
+    assert [fixed_points_per_iteration(stage, None, level) for level in (0, 1)] == [512, 2048]
+    with pytest.raises(ValueError, match=r"'fixed_points' must be one number or one per level \(4"):
+        load_preset("rigid", stages={"refine": {"fixed_points": [512, 2048]}})

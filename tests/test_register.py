@@ -206,7 +206,7 @@ def test_a_stage_list_of_your_own(fixed2d):
     shift; ``result.stages`` says what ran."""
     moving = shifted(fixed2d, (3.0, -2.0))
     stage = {"name": "pose", "motion": "rigid", "objective": "mutual_information", "iterations": 300,
-             "smoothing_voxels": [2, 0], "fixed_points": 2048}
+             "smoothing_voxels": [2, 0], "fixed_points": [512, 2048]}  # points per level
     result = register(fixed2d, moving, stages=[stage], initial_alignment="none")
     assert torch.allclose(interior_mean(result.ddf), torch.tensor([3.0, -2.0]), atol=0.5), interior_mean(result.ddf)
     [record] = result.stages
