@@ -95,7 +95,7 @@ def test_image_net_deformable_stage_runs_and_helps():
     image_net_stage = {**field, "name": "image_net", "objective": "image_net", "iterations": 150,
                        "smoothing_voxels": [0.0], "image_coarse_to_fine_share": 0.9,
                        "fixed_points_cover_table": False}
-    image_net_stage.pop("bins")
+    image_net_stage.pop("bins"), image_net_stage.pop("guard")  # options of the classical objectives
     mi_stage = {**field, "iterations": 100, "warmup": 0.0, "coarse_to_fine_share": 0.0}
     paper_image_net = {"encoding": {"n_levels": 16, "finest_resolution": 256}}  # the paper's (and base.yaml's) image net
     result = register(fixed, moving, "deformable", seed=0, progress=False, stages=[image_net_stage, mi_stage],
