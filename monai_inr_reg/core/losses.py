@@ -1,12 +1,12 @@
-"""Data terms and helpers for the refinement stage (pure torch functions).
+"""Data terms of the stages that compare the real images, and helpers (pure torch functions).
 
-The refinement stage keeps the method's L2 loss but replaces the image net's fixed-contrast
+The ``mapped_l2`` objective keeps the method's L2 loss but replaces the image net's fixed-contrast
 channel by the real moving image seen through a fitted intensity map ``g``: the loss is
 ``mean((g(M(phi(x))) - F(x))^2)``, with ``g`` piecewise linear in the moving intensity and refitted
 in closed form every iteration (the correlation ratio of the classical literature). Used
 symmetrically (also ``h(F(x)) ~ M(phi(x))``) it needs neither direction to be a function.
 With ``robust_scale`` each residual is bounded (Geman-McClure), so that tissue present in one
-image only cannot drag the field. The deformable refinement's default data term is the mutual
+image only cannot drag the field. The deformable presets' field stage uses the mutual
 information (:func:`mutual_information`), measured better for single- and multi-modal fields.
 """
 
@@ -107,7 +107,7 @@ def mutual_information(a: torch.Tensor, b: torch.Tensor, n_bins: int) -> torch.T
     The joint histogram is a Parzen estimate with the hat windows of :func:`hat_basis` on ``n_bins``
     knots (Mattes et al.'s estimator with a linear kernel): ``p(i, j) = mean_p hat_i(a_p) hat_j(b_p)``,
     ``MI = sum p(i, j) log(p(i, j) / (p(i) p(j)))``. Differentiable in both ``a`` and ``b``; symmetric;
-    no functional relation between the contrasts is assumed (the deformable refinement's data term).
+    no functional relation between the contrasts is assumed (the deformable presets' field stage).
 
     Returns:
         0-d tensor ``>= 0`` (0 for independent intensities).
