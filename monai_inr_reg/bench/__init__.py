@@ -4,6 +4,7 @@ Command line (also ``monai-inr-reg bench ...`` and ``python -m monai_inr_reg.ben
 
     python -m monai_inr_reg.bench SUITE [--data-dir DIR] [--out DIR] [--cases N] [--methods a,b]
                                         [--iterations-scale S] [--seed S] [--threads T] ...
+    python -m monai_inr_reg.bench SUITE --check-recorded docs/results/SUITE.json [--cases N]
 
 Suites: ``rigid-levels`` (Zurich protocol rigid levels, 2D), ``deformable2d`` (known smooth warps,
 2D), ``brain3d`` (aseg inter-subject, Dice / HD95), ``multimodal3d`` (known warps on stroke and
@@ -49,11 +50,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warp-corr", type=float, default=None,
                         help="known warps: correlation length in mm (default 30 in 2D, 40 in 3D)")
     parser.add_argument("--qc", type=int, default=1, help="QC figures per case group (0: none)")
+    parser.add_argument("--check-recorded", default=None, metavar="RECORD.json",
+                        help="rerun our methods on the first --cases (default 1) cases per group of a recorded "
+                             "SUITE.json with its options; exit 1 when a figure moved beyond noise")
     return parser
 
 
 def _split(value):
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
+
+
+def _check_recorded(args, data_dir, out_dir) -> int:
+    """Rerun a slice of a recorded suite (see :mod:`monai_inr_reg.bench.check`); 0: unchanged, 1: moved."""
+    from .check import compare, load_record, our_methods
+    from .report import markdown_table
+    from .suites import SuiteOptions, run_suite
+
+    try:
+        record = load_record(args.check_recorded, args.suite)
+    except (FileNotFoundError, ValueError) as err:
+        print(err, file=sys.stderr)
+        return 2
+    recorded = record["options"]
+    opts = SuiteOptions(data_dir=data_dir, out_dir=out_dir, cases=args.cases or 1, methods=our_methods(record["cases"]),
+                        seed=recorded.get("seed", 0), iterations_scale=recorded.get("iterations_scale"),
+                        threads=args.threads, datasets=_split(recorded.get("datasets")),
+                        downsample=recorded.get("downsample", 1), warp_rms_mm=recorded.get("warp_rms"),
+                        warp_correlation_mm=recorded.get("warp_corr"), qc=0)
+    fresh = run_suite(args.suite, opts)
+    rows, ok = compare(args.suite, record["cases"], fresh["cases"])
+    print(f"## {args.suite}: fresh run against {args.check_recorded}\n")
+    print(markdown_table(["group", "case", "method", "figure", "recorded", "fresh", ""], rows))
+    print("\nunchanged within noise" if ok else "\nMOVED: the recorded figures are stale (or something broke)")
+    return 0 if ok else 1
 
 
 def main(argv=None) -> int:
@@ -76,6 +105,8 @@ def main(argv=None) -> int:
         print(err, file=sys.stderr)
         return 2
     out_dir = Path(args.out) if args.out else Path("bench-results") / args.suite
+    if args.check_recorded:
+        return _check_recorded(args, data_dir, out_dir)
     opts = SuiteOptions(data_dir=data_dir, out_dir=out_dir, cases=args.cases, methods=_split(args.methods),
                         seed=args.seed, iterations_scale=args.iterations_scale, threads=args.threads,
                         datasets=_split(args.datasets), downsample=args.downsample, warp_rms_mm=args.warp_rms,
