@@ -69,3 +69,27 @@ def test_the_guard_hands_on_the_start_of_a_stage_that_made_things_worse(caplog):
     assert guarded.quality["final"] == guarded.quality["start"]  # the start, exactly
     unguarded = register(fixed, moving, stages=[{**wild, "guard": False}])
     assert not unguarded.stages[0]["similarity"]["kept_start"] and unguarded.quality["final"] > guarded.quality["final"]
+
+
+def test_the_search_through_the_command_line(tmp_path):
+    """`monai-inr-reg register --set initial_alignment=search` on NIfTI files: the quarter turn is found,
+    and done.json says how the registration started and what each stage did."""
+    import json
+
+    import nibabel as nib
+
+    from monai_inr_reg.cli import main
+
+    fixed, moving, _ = quarter_turned((64, 64))
+    for name, image in (("fixed", fixed), ("moving", moving)):
+        nib.save(nib.Nifti1Image(image[0].numpy(), np.eye(4)), str(tmp_path / f"{name}.nii.gz"))
+    out = tmp_path / "out"
+    assert main(["register", str(tmp_path / "fixed.nii.gz"), str(tmp_path / "moving.nii.gz"), "-o", str(out),
+                 "--id", "turned", "--preset", "rigid", "--set", "initial_alignment=search", "--outputs", "warped,ddf"]) == 0
+    done = json.loads((out / "turned" / "done.json").read_text())
+    assert done["start"]["alignment"] == "search" and [s["name"] for s in done["stages"]] == ["rigid", "refine"]
+    ddf = torch.from_numpy(np.asarray(nib.load(str(out / "turned" / "ddf.nii.gz")).dataobj, dtype=np.float32))
+    # MONAI DDF on disk: channel last for NIfTI, (X, Y, 1, 2) or (X, Y, 2): the corners of the quarter turn
+    ddf = ddf.reshape(64, 64, -1).permute(2, 0, 1)
+    # moving[i, j] = fixed[j, 63 - i] (np.rot90): fixed voxel (0, 0) is moving voxel (63, 0)
+    assert (ddf[:, 0, 0] - torch.tensor([63.0, 0.0])).norm() < 1.0, ddf[:, 0, 0]

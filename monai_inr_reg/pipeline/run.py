@@ -205,6 +205,8 @@ def _process(pair: dict, pair_dir: Path, *, preset, overrides: dict, device, see
         row.update(metrics)
     extra["metric_seconds"] = time.perf_counter() - measuring
     extra["stage_seconds"] = result.stage_seconds
+    extra["stages"] = result.stages  # what ran: per stage iterations, seconds, final loss, similarity at start and end
+    extra["start"] = result.start
     extra["quality"] = quality
     files = {str(p.relative_to(pair_dir)): p.stat().st_size for p in written}
     return row, dict(extra, files=files)
