@@ -93,3 +93,15 @@ def test_the_search_through_the_command_line(tmp_path):
     ddf = ddf.reshape(64, 64, -1).permute(2, 0, 1)
     # moving[i, j] = fixed[j, 63 - i] (np.rot90): fixed voxel (0, 0) is moving voxel (63, 0)
     assert (ddf[:, 0, 0] - torch.tensor([63.0, 0.0])).norm() < 1.0, ddf[:, 0, 0]
+
+
+def test_an_inverted_contrast_3d_pair_registers_as_the_upright_one():
+    """Issue 15: a 3D pair whose moving image is 1 - m (bright background) registers as well as the
+    upright pair with the multi-modal preset (measured 0.277 vs 0.280 voxel, no registration 1.35)."""
+    from test_deformable import mean_epe, warped_pair
+
+    fixed, moving, truth = warped_pair((40, 40, 40), 2.0)
+    body = fixed[0] > 0.05
+    upright, inverted = (mean_epe(register(fixed, m, "multimodal-deformable", iterations_scale=0.5).ddf, truth, body)
+                         for m in (moving, 1.0 - moving))
+    assert inverted < upright + 1.0 and inverted < 0.5, (upright, inverted)
