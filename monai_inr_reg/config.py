@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["load_preset", "list_presets", "describe_preset", "merge_overrides", "nested_overrides",
+__all__ = ["load_preset", "list_presets", "describe_preset", "merge_overrides", "nested_overrides", "resolve_stage",
            "stage_iterations", "learning_rate_factors", "MOTION_MODELS", "PARAMETRIC_MODELS", "OBJECTIVES",
            "INITIAL_ALIGNMENTS"]
 
@@ -203,6 +203,14 @@ def _per_level(value, n_levels: int, what: str) -> list:
         raise ValueError(f"load_preset(): {what} must be one number or one per level ({n_levels}: smoothing_voxels), "
                          f"got {value!r}")
     return values
+
+
+def resolve_stage(stage: dict) -> tuple[dict, dict]:
+    """One stage of one's own (what differs from ``stage_defaults``) resolved over ``base.yaml``,
+    with its motion's entry of ``motions``: ``(stage, motion_config)``."""
+    schema = _schema()
+    resolved = _resolve_stage(stage, 0, schema["stage_defaults"], schema)
+    return resolved, schema["motions"][resolved["motion"]]
 
 
 def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:

@@ -109,13 +109,16 @@ def make_motion(motion_config: dict, center_mm: torch.Tensor, box: NormalisedBox
     return HashMotion(box, motion_config["encoding"], motion_config["network"], init).to(device)
 
 
-def dense_displacement_mm(motion, fixed_grid: ImageGrid, device, chunk: int = 1 << 18) -> torch.Tensor:
+def dense_displacement_mm(motion, fixed_grid: ImageGrid, device, *, points_mm: torch.Tensor | None = None,
+                          chunk: int = 1 << 18) -> torch.Tensor:
     """``(D, *S_fixed)`` float64 LPS mm displacement ``phi(x) - x`` of ``motion`` at every fixed voxel
-    (on the CPU). Parametric motions exactly: their float64 matrix on float64 points."""
+    (on the CPU). Parametric motions exactly: their float64 matrix on float64 points. ``points_mm``:
+    ``fixed_grid.mm_points(device=device)`` when the caller has it already (hash motions)."""
     pieces = []
     with torch.no_grad():
         if isinstance(motion, HashMotion):
-            for points in fixed_grid.mm_points(device=device).split(chunk):
+            points_mm = fixed_grid.mm_points(device=device) if points_mm is None else points_mm
+            for points in points_mm.split(chunk):
                 pieces.append(motion(points).to(torch.float64) - points.to(torch.float64))
         else:
             for points in fixed_grid.mm_points(dtype=torch.float64).split(chunk):

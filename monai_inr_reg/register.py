@@ -73,10 +73,9 @@ def register(fixed, moving, preset: str | dict = "deformable", *, fixed_mask=Non
     config = load_preset(preset, **overrides)
     fixed_image, fixed_grid = as_image_and_grid(fixed, "fixed")
     moving_image, moving_grid = as_image_and_grid(moving, "moving")
-    return register_on_grids(fixed_image, fixed_grid, moving_image, moving_grid, config,
-                             fixed_mask=as_mask(fixed_mask, "fixed_mask", fixed_grid, "fixed"),
-                             moving_mask=as_mask(moving_mask, "moving_mask", moving_grid, "moving"),
-                             initial_transform=initial_transform, seed=seed, device=device, progress=progress)
+    return register_on_grids(fixed_image, fixed_grid, moving_image, moving_grid, config, fixed_mask=fixed_mask,
+                             moving_mask=moving_mask, initial_transform=initial_transform, seed=seed, device=device,
+                             progress=progress)
 
 
 def _objective(stage: dict, pair, image_net, config: dict, motion_config: dict):
@@ -172,7 +171,9 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
                            "at its start", min(quality["no_registration"], quality["start"]))
     if bar is not None:
         bar.close()
-    ddf = ddf_voxel_from_ddf_mm(dense_displacement_mm(motion, fixed_grid, device), fixed_grid.mm_from_voxel).to(torch.float32)
+    every_voxel = pair.fixed_points_mm if pair.fixed_index is None else None  # computed already, unless masked
+    ddf_mm = dense_displacement_mm(motion, fixed_grid, device, points_mm=every_voxel)
+    ddf = ddf_voxel_from_ddf_mm(ddf_mm, fixed_grid.mm_from_voxel).to(torch.float32)
     stage_seconds = {"start": start_record["seconds"], **{r["name"]: r["seconds"] for r in records}}
     stage_seconds["field"] = time.perf_counter() - start - sum(stage_seconds.values())
     ends = [sum(r["iterations"] for r in records[: i + 1]) for i in range(len(records))]

@@ -19,20 +19,19 @@ import torch
 
 from .core.grid import ImageGrid, apply_affine
 from .core.linear import about_center
+from .config import resolve_stage
 from .fit import fit_stage
-from .motion import RigidMotion
+from .motion import make_motion
 from .objectives import Similarity
 from .pair import ImagePair, initial_matrix
 
 __all__ = ["candidate_starts", "search_start", "SEARCH"]
 
-# what the search does: level (voxels of smoothing), how many candidates get a short fit, and that fit
+# what the search does: level (voxels of smoothing), how many candidates get a short fit, and that
+# fit (a stage over base.yaml's defaults; no guard: the fits are compared with each other)
 SEARCH = {"smoothing_voxels": 2.0, "keep": 3, "fit": {"name": "search", "motion": "rigid", "objective": "mutual_information",
                                                       "iterations": 60, "smoothing_voxels": [2.0], "bins": 16,
-                                                      "learning_rate_factor": 1.0, "final_learning_rate_factor": 0.1,
-                                                      "warmup": 0.0, "schedule": "whole", "fixed_points": 2048,
-                                                      "candidates": ["previous"], "convergence_window": 0,
-                                                      "convergence_tolerance": 0.0}}
+                                                      "fixed_points": 2048, "guard": False}}
 _MOMENT_POINTS = 1 << 18  # voxels (an even stride) from which the moments are taken
 
 
@@ -97,7 +96,8 @@ def search_start(pair: ImagePair, fixed_grid: ImageGrid, moving_grid: ImageGrid,
         is better), and whether it won.
     """
     device = pair.fixed_values.device if device is None else device
-    similarity = Similarity(pair, SEARCH["fit"])
+    stage, motion_config = resolve_stage(SEARCH["fit"])
+    similarity = Similarity(pair, stage)
     similarity.set_level(SEARCH["smoothing_voxels"])
     record = []
     for name, matrix in candidate_starts(pair, fixed_grid, moving_grid):
@@ -106,9 +106,9 @@ def search_start(pair: ImagePair, fixed_grid: ImageGrid, moving_grid: ImageGrid,
     generator = torch.Generator(device=device).manual_seed(seed)  # the search's own: later stages sample as without it
     best, best_score, fitted = ranked[0], math.inf, record[ranked[0]]["matrix"]  # all inf: the best unfitted
     for i in ranked:
-        motion = RigidMotion(pair.center_mm, pair.box.scale_mm(), record[i]["matrix"]).to(device)
-        motion, _, _, _ = fit_stage(pair, SEARCH["fit"], [motion], {"model": "rigid", "learning_rate": 1e-2}, similarity,
-                                 iterations_scale=1.0, generator=generator)
+        motion = make_motion(motion_config, pair.center_mm, pair.box, record[i]["matrix"], device)
+        motion, _, _, _ = fit_stage(pair, stage, [motion], motion_config, similarity, iterations_scale=1.0,
+                                    generator=generator)
         record[i]["fitted_score"] = similarity.score(motion)
         if record[i]["fitted_score"] < best_score:
             best, best_score = i, record[i]["fitted_score"]
