@@ -1,4 +1,5 @@
-"""The methods a suite compares: ours (through :func:`monai_inr_reg.register`), ANTs, elastix, identity.
+"""The methods a suite compares: ours (through :func:`monai_inr_reg.register`), ANTs, elastix, the peers
+(ConvexAdam, FireANTs), identity.
 
 Each method takes a fixed and a moving image with their grids and returns a :class:`MethodOutput`
 holding the recovered map fixed -> moving (LPS mm) as a matrix and/or a displacement field on the
@@ -18,12 +19,12 @@ import torch
 
 from ..config import load_preset
 from ..core.grid import ImageGrid
-from . import baselines
+from . import baselines, peers
 
 __all__ = ["MethodOutput", "RIGID_METHODS", "DEFORMABLE_METHODS", "run_method", "method_label", "PeakRSS"]
 
 RIGID_METHODS = ("identity", "ours-rigid", "ours-near-rigid", "paper-rigid", "ants", "elastix")
-DEFORMABLE_METHODS = ("identity", "ours", "paper-deformable", "ants-syn", "ants-syncc")
+DEFORMABLE_METHODS = ("identity", "ours", "paper-deformable", "ants-syn", "ants-syncc", "convexadam", "fireants")
 
 
 @dataclass
@@ -96,6 +97,8 @@ def method_label(name: str, *, multimodal: bool) -> str:
         "ours": "ours",
         "ants-syn": "ANTs SyN (Mattes MI)",
         "ants-syncc": "ANTs SyN (CC, syn_sampling=2)",
+        "convexadam": "ConvexAdam (MIND-SSC, defaults)",
+        "fireants": "FireANTs greedy (MI)" if multimodal else "FireANTs greedy (CC)",
     }.get(name, name)
 
 
@@ -145,9 +148,10 @@ def run_method(name: str, fixed: np.ndarray, fixed_grid: ImageGrid, moving: np.n
     Args:
         name: a rigid method (``identity``, ``ours-rigid``, ``ours-near-rigid``, ``paper-rigid``,
             ``ants``, ``elastix``) or a deformable one (``identity``, ``ours``, ``paper-deformable``,
-            ``ants-syn``, ``ants-syncc``).
+            ``ants-syn``, ``ants-syncc``, ``convexadam``, ``fireants``).
         fixed, moving: ``(*S_fixed)`` / ``(*S_moving)`` float arrays on ``fixed_grid`` / ``moving_grid``.
-        multimodal: picks our preset (``multimodal-*``) and ANTs' rigid metric (Mattes MI vs MeanSquares).
+        multimodal: picks our preset (``multimodal-*``), ANTs' rigid metric (Mattes MI vs MeanSquares)
+            and FireANTs' (MI vs CC).
         iterations_scale: passed to ``register`` as the override ``iterations_scale`` (None: preset's).
 
     Raises:
@@ -179,6 +183,14 @@ def run_method(name: str, fixed: np.ndarray, fixed_grid: ImageGrid, moving: np.n
         elif name == "elastix":
             matrix, info = baselines.elastix_rigid(fixed, fixed_grid, moving, moving_grid, threads=threads, seed=seed)
             out = MethodOutput(matrix_mm=matrix, info={**info, "settings": baselines.ELASTIX_SETTINGS})
+        elif name == "convexadam":
+            start_mm = peers.start_matrix(fixed, fixed_grid, moving, moving_grid,
+                                          "multimodal-deformable" if multimodal else "deformable")
+            out = MethodOutput(ddf_mm=peers.convexadam(fixed, fixed_grid, moving, moving_grid, start_mm=start_mm),
+                               info={"settings": peers.PEER_SETTINGS[name]})
+        elif name == "fireants":
+            out = MethodOutput(ddf_mm=peers.fireants(fixed, fixed_grid, moving, moving_grid, multimodal=multimodal),
+                               info={"settings": peers.PEER_SETTINGS[name], "metric": "MI" if multimodal else "CC"})
         else:  # ants-syn / ants-syncc
             metric = "CC" if name == "ants-syncc" else "MI"
             out = MethodOutput(ddf_mm=baselines.ants_syn(fixed, fixed_grid, moving, moving_grid, metric=metric, seed=seed),
@@ -192,6 +204,10 @@ def method_available(name: str) -> tuple[bool, str]:
     """Whether ``name`` can run here, and why not."""
     if name in ("ants", "ants-syn", "ants-syncc") and not baselines.ants_available():
         return False, "antspyx is not installed (pip install 'monai-inr-reg[bench]')"
+    if name == "convexadam" and not peers.convexadam_available():
+        return False, "convexadam is not installed (pip install 'monai-inr-reg[bench]')"
+    if name == "fireants" and not peers.fireants_available():
+        return False, "fireants is not installed (pip install 'monai-inr-reg[bench]')"
     if name == "elastix" and not baselines.elastix_available():
         return False, "itk-elastix is not installed (pip install 'monai-inr-reg[bench]')"
     if name.startswith("ours"):

@@ -26,6 +26,7 @@ from . import data as bdata
 from . import metrics as bmetrics
 from . import protocols
 from .baselines import ANTS_SETTINGS, ELASTIX_SETTINGS, matrix_to_ddf_mm
+from .peers import PEER_SETTINGS
 from .methods import DEFORMABLE_METHODS, RIGID_METHODS, method_available, method_label, run_method
 from ..qc import write_comparison_png
 from .report import markdown_table
@@ -34,9 +35,9 @@ __all__ = ["SuiteOptions", "SUITES", "run_suite", "DEFAULT_METHODS"]
 
 DEFAULT_METHODS = {
     "rigid-levels": ("identity", "ours-rigid", "ours-near-rigid", "ants", "elastix"),
-    "deformable2d": ("identity", "ours", "ants-syn", "ants-syncc"),
-    "brain3d": ("identity", "ours", "ants-syn", "ants-syncc"),
-    "multimodal3d": ("identity", "ours", "ants-syn"),
+    "deformable2d": ("identity", "ours", "ants-syn", "ants-syncc", "convexadam", "fireants"),
+    "brain3d": ("identity", "ours", "ants-syn", "ants-syncc", "convexadam", "fireants"),
+    "multimodal3d": ("identity", "ours", "ants-syn", "convexadam", "fireants"),
 }
 _DATASET_IDS = {"brainweb": 0, "stroke": 1, "ixi002": 2}  # fixed seed streams: same motions for multi/single
 DEFAULT_CASES = {"rigid-levels": 20, "deformable2d": 10, "brain3d": 2, "multimodal3d": 5}
@@ -84,6 +85,11 @@ def _methods(suite: str, opts: SuiteOptions, *, multimodal: bool | None = None) 
     if multimodal and "ants-syncc" in names:  # CC is a single-modal metric
         names.remove("ants-syncc")
     return names
+
+
+def _peer_notes(names) -> list[str]:
+    """The settings of the peers (ConvexAdam, FireANTs) among ``names``, for a suite's notes."""
+    return [f"{name}: {PEER_SETTINGS[name]}" for name in PEER_SETTINGS if name in names]
 
 
 def _want(opts: SuiteOptions, dataset: str) -> bool:
@@ -335,6 +341,7 @@ def run_deformable2d(opts: SuiteOptions) -> dict:
               "EPE inside the brain mask (1 px = 1 mm); folding % over the whole fixed grid",
               f"ANTs SyN (MI): {ANTS_SETTINGS['ants-syn']}", f"ANTs SyN (CC): {ANTS_SETTINGS['ants-syncc']} (single-modal only)",
               "ours: preset deformable / multimodal-deformable"]
+    notes += _peer_notes(_methods("deformable2d", opts))
     return {"suite": "deformable2d", "notes": notes, "cases": records, "tables": "\n\n".join(tables)}
 
 
@@ -400,7 +407,7 @@ def run_brain3d(opts: SuiteOptions) -> dict:
     notes += ["Dice: mean over the 30 evaluation labels; HD95: mean over labels present in both (mm); "
               "folding % over the whole fixed grid; peak MiB = resident memory increase during the call",
               f"ANTs SyN (MI): {ANTS_SETTINGS['ants-syn']}", f"ANTs SyN (CC): {ANTS_SETTINGS['ants-syncc']}",
-              "ours: preset deformable"]
+              "ours: preset deformable"] + _peer_notes(names)
     if opts.downsample > 1:
         notes.append(f"grids downsampled by {opts.downsample} (quick run, not comparable to full-resolution numbers)")
     return {"suite": "brain3d", "notes": notes, "cases": records,
@@ -450,6 +457,7 @@ def run_multimodal3d(opts: SuiteOptions) -> dict:
               "prostate: both images fill the fixed (TRUS) extent (headers carry no relation); gland Dice = label "
               "channel 0; landmark error = centroid distance of channels 1-2 where present (mm)",
               f"ANTs SyN (MI): {ANTS_SETTINGS['ants-syn']} (includes its affine stage)", "ours: preset multimodal-deformable"]
+    notes += _peer_notes(names)
     if opts.downsample > 1:
         notes.append(f"stroke/IXI grids downsampled by {opts.downsample} (quick run)")
     return {"suite": "multimodal3d", "notes": notes, "cases": records, "tables": "\n\n".join(tables)}
