@@ -28,7 +28,7 @@ __all__ = ["load_preset", "list_presets", "describe_preset", "merge_overrides", 
 
 PARAMETRIC_MODELS = ("rigid", "affine")
 MOTION_MODELS = PARAMETRIC_MODELS + ("hash",)
-OBJECTIVES = ("image_net", "mapped_l2", "mutual_information")
+OBJECTIVES = ("image_net", "mapped_l2", "mutual_information", "mind")
 INITIAL_ALIGNMENTS = ("center_of_mass", "none", "search")
 SCHEDULES = ("whole", "per_level")
 CANDIDATES = ("previous", "start")
@@ -38,7 +38,7 @@ _APPLIES = {
     "moving_points": ("objective", ("image_net",)),
     "image_coarse_to_fine_share": ("objective", ("image_net",)),
     "bins": ("objective", ("mapped_l2", "mutual_information")),
-    "guard": ("objective", ("mapped_l2", "mutual_information")),
+    "guard": ("objective", ("mapped_l2", "mutual_information", "mind")),
     "symmetric": ("objective", ("mapped_l2",)),
     "robust_scale": ("objective", ("mapped_l2",)),
     "coarse_to_fine_share": ("model", ("hash",)),

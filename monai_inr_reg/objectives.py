@@ -8,8 +8,9 @@ better). ``set_level(sigma_voxels)`` chooses the level's Gaussian smoothing;
 ``parameter_groups()`` lists what the objective fits besides the motion (the image net).
 
 - :class:`ImageNetL2` (``image_net``): the paper's loss through the image net.
-- :class:`Similarity` (``mapped_l2``, ``mutual_information``): the real moving image at the moved
-  points against the fixed image (a fitted intensity map, or mutual information).
+- :class:`Similarity` (``mapped_l2``, ``mutual_information``, ``mind``): the real moving image at the
+  moved points against the fixed image (a fitted intensity map, mutual information, or the L2 of
+  their MIND-SSC features).
 """
 
 from __future__ import annotations
@@ -85,7 +86,11 @@ class ImageNetL2:
 
 
 class Similarity:
-    """The real images compared through the motion: ``mapped_l2`` or ``mutual_information``.
+    """The real images compared through the motion: ``mapped_l2``, ``mutual_information`` or ``mind``.
+
+    ``mind``: the mean squared difference of the two images' MIND-SSC features
+    (:meth:`~monai_inr_reg.pair.ImagePair.mind_features`; 12 channels in 3D), the moving features
+    sampled at the moved points: local structure, whatever the contrasts (ConvexAdam's metric).
 
     ``mutual_information``: minus the mutual information in nats of the fixed values and the moving
     image at the moved points (:func:`~monai_inr_reg.core.losses.mutual_information`, ``bins``).
@@ -101,14 +106,18 @@ class Similarity:
     def __init__(self, pair: ImagePair, stage: dict, *, variance_gradient: bool = False):
         self.pair = pair
         self.metric = stage["objective"]
-        self.bins = int(stage["bins"])
+        self.bins = int(stage.get("bins", 0))  # mind: none
         self.symmetric = bool(stage.get("symmetric", False))
         self.robust_scale = float(stage.get("robust_scale", 0.0))
         self.variance_gradient = variance_gradient
         self.set_level(0.0)
 
     def set_level(self, sigma_voxels: float) -> None:
-        self.fixed_values, self.moving = self.pair.smoothed(sigma_voxels)
+        """The level's fixed values ``(N,)`` (``mind``: features ``(N, C)``) and moving image ``(C, *S)``."""
+        if self.metric == "mind":
+            self.fixed_values, self.moving = self.pair.mind_features(sigma_voxels)
+        else:
+            self.fixed_values, self.moving = self.pair.smoothed(sigma_voxels)
 
     def parameter_groups(self) -> list[dict]:
         return []
@@ -120,8 +129,11 @@ class Similarity:
         if pair.moving_mask is not None:
             inside = inside & pair.in_moving_mask(moved_voxel.detach())
         inside = inside.nonzero()[:, 0]
-        moving_values = sample_image(self.moving, moved_voxel.index_select(0, inside))[:, 0]
+        moving_values = sample_image(self.moving, moved_voxel.index_select(0, inside))
         fixed_values = fixed_values.index_select(0, inside)
+        if self.metric == "mind":
+            return (moving_values - fixed_values).pow(2).mean()
+        moving_values = moving_values[:, 0]
         if self.metric == "mutual_information":
             return -mutual_information(moving_values, fixed_values, self.bins)
         loss = mapped_l2(moving_values, fixed_values, self.bins, robust_scale=self.robust_scale)

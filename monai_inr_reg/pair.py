@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .core.grid import ImageGrid, NormalisedBox
-from .core.losses import gaussian_smooth
+from .core.losses import gaussian_smooth, mind_ssc
 from .core.sample import sample_image
 
 __all__ = ["ImagePair", "prepare_pair", "normalise_intensity", "initial_matrix"]
@@ -46,6 +46,7 @@ class ImagePair:
     center_mm: torch.Tensor       # (D,) float64 fixed image centre
     ndim: int
     _smoothed: dict = field(default_factory=dict, repr=False)  # sigma -> (fixed_values, moving), kept for later stages
+    _mind: dict = field(default_factory=dict, repr=False)  # sigma -> (fixed_features, moving_features)
 
     def smoothed(self, sigma_voxels: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``(fixed_values (N_fixed,), moving (1, *S_moving))`` after a Gaussian of ``sigma_voxels``
@@ -58,6 +59,20 @@ class ImagePair:
                 fixed_values = fixed_values.index_select(0, self.fixed_index)
             self._smoothed[key] = (fixed_values, gaussian_smooth(self.moving, key))
         return self._smoothed[key]
+
+    def mind_features(self, sigma_voxels: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """MIND-SSC (:func:`~monai_inr_reg.core.losses.mind_ssc`) of the images after a Gaussian of
+        ``sigma_voxels``: ``(fixed_features (N_fixed, C), moving_features (C, *S_moving))``, computed
+        once per sigma and kept."""
+        key = float(sigma_voxels)
+        if key not in self._mind:
+            fixed_values, moving = self.smoothed(key)
+            fixed = gaussian_smooth(self.fixed, key)
+            fixed_features = mind_ssc(fixed).reshape(-1, fixed[0].numel()).T
+            if self.fixed_index is not None:
+                fixed_features = fixed_features.index_select(0, self.fixed_index)
+            self._mind[key] = (fixed_features.contiguous(), mind_ssc(moving))
+        return self._mind[key]
 
     def in_moving_mask(self, points_voxel: torch.Tensor) -> torch.Tensor:
         """``(P,)`` bool: moving voxel points ``(P, D)`` that fall inside the moving mask (outside the grid: no)."""

@@ -79,6 +79,21 @@ def test_deformable2d_cli(data_dir, tmp_path):
             assert after < 0.6 * before  # SyN (MI) on T1<-PD measured 2.55 -> 1.31 mm: a real fix, not a wrong sign
 
 
+def test_deformable2d_cli_runs_the_peers(data_dir, tmp_path):
+    if not (_have("convexAdam") and _have("fireants")):
+        pytest.skip("convexadam / fireants not installed (extra bench)")
+    payload = _run("deformable2d", data_dir, tmp_path, "--datasets", "brainweb", "--methods",
+                   "identity,convexadam,fireants", "--qc", "0")
+    assert any("FireANTs" in note for note in payload["notes"]) and any("convexAdam" in n for n in payload["notes"])
+    for group in {r["group"] for r in payload["cases"]}:
+        mine = [r for r in payload["cases"] if r["group"] == group]
+        before = np.mean([r["epe_median_mm"] for r in mine if r["method"] == "identity"])
+        for peer in ("convexadam", "fireants"):
+            runs = [r for r in mine if r["method"] == peer]
+            assert len(runs) == 2 and all(r["error"] is None for r in runs)
+            assert np.mean([r["epe_median_mm"] for r in runs]) < 0.7 * before, (group, peer)  # a real fix, not a sign error
+
+
 def test_brain3d_cli(data_dir, tmp_path):
     payload = _run("brain3d", data_dir, tmp_path, "--methods", "identity", "--downsample", "4", "--qc", "0")
     cases = payload["cases"]
