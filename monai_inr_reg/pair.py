@@ -66,8 +66,8 @@ class ImagePair:
         once per sigma and kept."""
         key = float(sigma_voxels)
         if key not in self._mind:
-            fixed_values, moving = self.smoothed(key)
-            fixed = gaussian_smooth(self.fixed, key)
+            _, moving = self.smoothed(key)
+            fixed = gaussian_smooth(self.fixed, key)  # the whole image (the kept values may be masked)
             fixed_features = mind_ssc(fixed).reshape(-1, fixed[0].numel()).T
             if self.fixed_index is not None:
                 fixed_features = fixed_features.index_select(0, self.fixed_index)

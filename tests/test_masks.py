@@ -146,3 +146,25 @@ def test_bad_masks_are_named(pair_files, tmp_path, capsys):
     assert code != 0
     assert "'fixed_mask' must be on the grid of 'fixed'" in capsys.readouterr().err
     assert not any(out.rglob("*.nii.gz"))
+
+
+def test_masks_in_a_mind_stage():
+    """A MIND-SSC stage (``objective: mind``) keeps the features of the fixed voxels inside the fixed
+    mask, in the order of the kept values, computed on the whole image (not on the masked one)."""
+    from monai_inr_reg.config import load_preset
+    from monai_inr_reg.core.grid import ImageGrid
+    from monai_inr_reg.core.losses import mind_ssc
+    from monai_inr_reg.pair import normalise_intensity, prepare_pair
+
+    fixed, moving, mask = make_pair()
+    grid = ImageGrid.from_ras_affine(SHAPE, torch.eye(3, dtype=torch.float64))
+    config = load_preset("rigid")
+    f, m = torch.from_numpy(fixed)[None], torch.from_numpy(moving)[None]
+    pair = prepare_pair(f, grid, m, grid, config, "cpu", fixed_mask=torch.from_numpy(mask))
+    features, moving_features = pair.mind_features(0.0)
+    norm = config["normalise"]
+    whole = mind_ssc(normalise_intensity(f, norm["low_percentile"], norm["high_percentile"]))
+    inside = torch.from_numpy(mask).bool()
+    assert features.shape == (int(inside.sum()), 4) and moving_features.shape == (4,) + SHAPE
+    assert torch.equal(features, whole[:, inside].T)
+    assert pair.mind_features(0.0)[0] is features  # computed once per level
