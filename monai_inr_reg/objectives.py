@@ -8,9 +8,9 @@ better). ``set_level(sigma_voxels)`` chooses the level's Gaussian smoothing;
 ``parameter_groups()`` lists what the objective fits besides the motion (the image net).
 
 - :class:`ImageNetL2` (``image_net``): the paper's loss through the image net.
-- :class:`Similarity` (``mapped_l2``, ``mutual_information``, ``mind``): the real moving image at the
-  moved points against the fixed image (a fitted intensity map, mutual information, or the L2 of
-  their MIND-SSC features).
+- :class:`Similarity` (``mapped_l2``, ``mutual_information``, ``mind``, ``local_cc``): the real moving
+  image at the moved points against the fixed image (a fitted intensity map, mutual information, the
+  L2 of their MIND-SSC features, or their windowed correlation).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 
 from .core.encoding import level_weights
 from .core.grid import apply_affine
-from .core.losses import mapped_l2, mutual_information
+from .core.losses import mapped_l2, mutual_information, normalise_rows, window_offsets
 from .core.sample import sample_image
 from .pair import ImagePair
 
@@ -86,7 +86,13 @@ class ImageNetL2:
 
 
 class Similarity:
-    """The real images compared through the motion: ``mapped_l2``, ``mutual_information`` or ``mind``.
+    """The real images compared through the motion: ``mapped_l2``, ``mutual_information``, ``mind`` or
+    ``local_cc``.
+
+    ``local_cc``: minus the mean windowed correlation coefficient (ANTs' and FireANTs' CC metric,
+    single-modal): the fixed voxel's window (``window_radius``, :meth:`~monai_inr_reg.pair.ImagePair.fixed_windows`)
+    against the moving image sampled at the moved point plus the same voxel offsets (moving voxels:
+    the motion is taken as locally a translation over the window, as a greedy CC does).
 
     ``mind``: the mean squared difference of the two images' MIND-SSC features
     (:meth:`~monai_inr_reg.pair.ImagePair.mind_features`; 12 channels in 3D), the moving features
@@ -110,12 +116,17 @@ class Similarity:
         self.symmetric = bool(stage.get("symmetric", False))
         self.robust_scale = float(stage.get("robust_scale", 0.0))
         self.variance_gradient = variance_gradient
+        self.window_radius = int(stage.get("window_radius", 1))
         self.set_level(0.0)
 
     def set_level(self, sigma_voxels: float) -> None:
         """The level's fixed values ``(N,)`` (``mind``: features ``(N, C)``) and moving image ``(C, *S)``."""
         if self.metric == "mind":
             self.fixed_values, self.moving = self.pair.mind_features(sigma_voxels)
+        elif self.metric == "local_cc":
+            self.fixed_values = self.pair.fixed_windows(sigma_voxels, self.window_radius)
+            self.moving = self.pair.smoothed(sigma_voxels)[1]
+            self.offsets = window_offsets(self.pair.ndim, self.window_radius).to(self.moving.device)
         else:
             self.fixed_values, self.moving = self.pair.smoothed(sigma_voxels)
 
@@ -129,8 +140,12 @@ class Similarity:
         if pair.moving_mask is not None:
             inside = inside & pair.in_moving_mask(moved_voxel.detach())
         inside = inside.nonzero()[:, 0]
-        moving_values = sample_image(self.moving, moved_voxel.index_select(0, inside))
         fixed_values = fixed_values.index_select(0, inside)
+        if self.metric == "local_cc":
+            centres = moved_voxel.index_select(0, inside)
+            windows = sample_image(self.moving, (centres[:, None, :] + self.offsets[None]).reshape(-1, pair.ndim))
+            return -(normalise_rows(windows[:, 0].reshape(centres.shape[0], -1)) * fixed_values).sum(1).mean()
+        moving_values = sample_image(self.moving, moved_voxel.index_select(0, inside))
         if self.metric == "mind":
             return (moving_values - fixed_values).pow(2).mean()
         moving_values = moving_values[:, 0]

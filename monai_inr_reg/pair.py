@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .core.grid import ImageGrid, NormalisedBox
-from .core.losses import gaussian_smooth, mind_ssc
+from .core.losses import gaussian_smooth, mind_ssc, normalised_patches
 from .core.sample import sample_image
 
 __all__ = ["ImagePair", "prepare_pair", "normalise_intensity", "initial_matrix"]
@@ -47,6 +47,7 @@ class ImagePair:
     ndim: int
     _smoothed: dict = field(default_factory=dict, repr=False)  # sigma -> (fixed_values, moving), kept for later stages
     _mind: dict = field(default_factory=dict, repr=False)  # sigma -> (fixed_features, moving_features)
+    _patches: dict = field(default_factory=dict, repr=False)  # (sigma, radius) -> fixed windows
 
     def smoothed(self, sigma_voxels: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``(fixed_values (N_fixed,), moving (1, *S_moving))`` after a Gaussian of ``sigma_voxels``
@@ -73,6 +74,18 @@ class ImagePair:
                 fixed_features = fixed_features.index_select(0, self.fixed_index)
             self._mind[key] = (fixed_features.contiguous(), mind_ssc(moving))
         return self._mind[key]
+
+    def fixed_windows(self, sigma_voxels: float, radius: int) -> torch.Tensor:
+        """The zero-mean, unit-norm window (:func:`~monai_inr_reg.core.losses.normalised_patches`) of
+        every kept fixed voxel after a Gaussian of ``sigma_voxels``: ``(N_fixed, (2 radius + 1)^D)``,
+        computed once per level and kept (27 floats a voxel in 3D at radius 1)."""
+        key = (float(sigma_voxels), int(radius))
+        if key not in self._patches:
+            windows = normalised_patches(gaussian_smooth(self.fixed, key[0]), key[1])
+            if self.fixed_index is not None:
+                windows = windows.index_select(0, self.fixed_index)
+            self._patches[key] = windows
+        return self._patches[key]
 
     def in_moving_mask(self, points_voxel: torch.Tensor) -> torch.Tensor:
         """``(P,)`` bool: moving voxel points ``(P, D)`` that fall inside the moving mask (outside the grid: no)."""

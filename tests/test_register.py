@@ -241,3 +241,18 @@ def test_a_mind_stage_registers_a_non_monotone_contrast(fixed2d):
     assert [s["objective"] for s in result.stages] == ["mind", "mind"]
     assert torch.allclose(interior_mean(result.ddf), torch.tensor([3.0, -2.0]), atol=0.5), interior_mean(result.ddf)
     assert result.stages[0]["similarity"]["end"] < result.stages[0]["similarity"]["start"]
+
+
+def test_a_local_cc_stage_registers_a_shift(fixed2d):
+    """``objective: local_cc`` (windowed correlation, ANTs' CC): a rigid stage and then a hash field
+    recover a shift between an image and a brighter, offset copy; an unknown window key is refused."""
+    moving = 0.2 + 1.5 * shifted(fixed2d, (3.0, -2.0))
+    pose = {"name": "pose", "motion": "rigid", "objective": "local_cc", "iterations": 300, "smoothing_voxels": [2, 0]}
+    field = {"name": "field", "motion": "deformable", "objective": "local_cc", "window_radius": 2, "iterations": 150,
+             "smoothness_weight": 0.3}
+    result = register(fixed2d, moving, stages=[pose, field], initial_alignment="none")
+    assert [s["objective"] for s in result.stages] == ["local_cc", "local_cc"]
+    assert torch.allclose(interior_mean(result.ddf), torch.tensor([3.0, -2.0]), atol=0.5), interior_mean(result.ddf)
+    assert result.stages[1]["similarity"]["end"] < -0.5  # a mean windowed correlation near 1
+    with pytest.raises(ValueError, match="window_radius"):
+        register(fixed2d, moving, stages=[{**pose, "objective": "mutual_information", "window_radius": 2}])

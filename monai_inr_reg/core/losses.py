@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["hat_basis", "fit_intensity_map", "mapped_l2", "mutual_information", "gaussian_smooth", "mind_ssc"]
+__all__ = ["hat_basis", "fit_intensity_map", "mapped_l2", "mutual_information", "gaussian_smooth", "mind_ssc", "window_offsets", "normalised_patches", "normalise_rows"]
 
 
 def hat_basis(values: torch.Tensor, n_bins: int) -> torch.Tensor:
@@ -182,3 +182,25 @@ def mind_ssc(image: torch.Tensor, *, radius: int = 1, dilation: int = 2) -> torc
     mean = variance.mean()
     variance = variance.clamp(float(mean) * 1e-3 + 1e-12, float(mean) * 1e3 + 1e-12)
     return torch.exp(-distance / variance)
+
+
+def window_offsets(ndim: int, radius: int) -> torch.Tensor:
+    """The voxel offsets of a ``(2 * radius + 1)^ndim`` window, ``(K, ndim)`` float32, C order."""
+    steps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    return torch.cartesian_prod(*[steps] * ndim).reshape(-1, ndim)
+
+
+def normalised_patches(image: torch.Tensor, radius: int) -> torch.Tensor:
+    """The window of every voxel of ``image`` ``(1, *S)``, zero-mean and unit-norm: ``(N, K)`` float
+    (N voxels in C order, K window voxels in :func:`window_offsets` order; edge voxels repeated). The
+    dot product of two such rows is their windowed (local) correlation coefficient."""
+    ndim = image.ndim - 1
+    columns = torch.stack([_shifted(image, [int(o) for o in offset])[0].reshape(-1)
+                           for offset in window_offsets(ndim, radius)], dim=1)
+    return normalise_rows(columns)
+
+
+def normalise_rows(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` ``(P, K)`` minus their means, over their norms (flat rows become 0)."""
+    centred = rows - rows.mean(1, keepdim=True)
+    return centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-6)
