@@ -45,47 +45,48 @@ class ImagePair:
     box: NormalisedBox
     center_mm: torch.Tensor       # (D,) float64 fixed image centre
     ndim: int
-    _smoothed: dict = field(default_factory=dict, repr=False)  # sigma -> (fixed_values, moving), kept for later stages
-    _mind: dict = field(default_factory=dict, repr=False)  # sigma -> (fixed_features, moving_features)
-    _patches: dict = field(default_factory=dict, repr=False)  # (sigma, radius) -> fixed windows
+    _smoothed: dict = field(default_factory=dict, repr=False)  # sigma -> (fixed image, kept fixed values, moving)
+    _features: dict = field(default_factory=dict, repr=False)  # (kind, sigma, ...) -> features of a level
 
-    def smoothed(self, sigma_voxels: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(fixed_values (N_fixed,), moving (1, *S_moving))`` after a Gaussian of ``sigma_voxels``
-        (each image in its own voxels; 0: the images themselves). Computed once per sigma and kept:
-        smoothing a 1 mm brain costs about a second per image, and stages share their levels."""
+    def _level(self, sigma_voxels: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(fixed (1, *S_fixed), fixed_values (N_fixed,), moving (1, *S_moving))`` after a Gaussian
+        of ``sigma_voxels`` (each image in its own voxels; 0: the images themselves). Computed once
+        per sigma and kept: smoothing a 1 mm brain costs about a second per image, and stages (and
+        the features below) share their levels."""
         key = float(sigma_voxels)
         if key not in self._smoothed:
-            fixed_values = gaussian_smooth(self.fixed, key).reshape(-1)
-            if self.fixed_index is not None:
-                fixed_values = fixed_values.index_select(0, self.fixed_index)
-            self._smoothed[key] = (fixed_values, gaussian_smooth(self.moving, key))
+            fixed = gaussian_smooth(self.fixed, key)
+            self._smoothed[key] = (fixed, self._kept(fixed.reshape(-1)), gaussian_smooth(self.moving, key))
         return self._smoothed[key]
 
+    def _kept(self, rows: torch.Tensor) -> torch.Tensor:
+        """``rows`` ``(N_all, ...)`` of every fixed voxel (C order) -> those of the kept ones (the fixed mask)."""
+        return rows if self.fixed_index is None else rows.index_select(0, self.fixed_index)
+
+    def smoothed(self, sigma_voxels: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(fixed_values (N_fixed,), moving (1, *S_moving))`` of the level ``sigma_voxels`` (:meth:`_level`)."""
+        _, fixed_values, moving = self._level(sigma_voxels)
+        return fixed_values, moving
+
     def mind_features(self, sigma_voxels: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """MIND-SSC (:func:`~monai_inr_reg.core.losses.mind_ssc`) of the images after a Gaussian of
-        ``sigma_voxels``: ``(fixed_features (N_fixed, C), moving_features (C, *S_moving))``, computed
-        once per sigma and kept."""
-        key = float(sigma_voxels)
-        if key not in self._mind:
-            _, moving = self.smoothed(key)
-            fixed = gaussian_smooth(self.fixed, key)  # the whole image (the kept values may be masked)
-            fixed_features = mind_ssc(fixed).reshape(-1, fixed[0].numel()).T
-            if self.fixed_index is not None:
-                fixed_features = fixed_features.index_select(0, self.fixed_index)
-            self._mind[key] = (fixed_features.contiguous(), mind_ssc(moving))
-        return self._mind[key]
+        """MIND-SSC (:func:`~monai_inr_reg.core.losses.mind_ssc`) of the level ``sigma_voxels``:
+        ``(fixed_features (N_fixed, C), moving_features (C, *S_moving))``, computed on the whole
+        images (the mask only selects the kept rows), once per level."""
+        key = ("mind", float(sigma_voxels))
+        if key not in self._features:
+            fixed, _, moving = self._level(key[1])
+            rows = mind_ssc(fixed).reshape(-1, fixed[0].numel()).T
+            self._features[key] = (self._kept(rows).contiguous(), mind_ssc(moving))
+        return self._features[key]
 
     def fixed_windows(self, sigma_voxels: float, radius: int) -> torch.Tensor:
         """The zero-mean, unit-norm window (:func:`~monai_inr_reg.core.losses.normalised_patches`) of
-        every kept fixed voxel after a Gaussian of ``sigma_voxels``: ``(N_fixed, (2 radius + 1)^D)``,
-        computed once per level and kept (27 floats a voxel in 3D at radius 1)."""
-        key = (float(sigma_voxels), int(radius))
-        if key not in self._patches:
-            windows = normalised_patches(gaussian_smooth(self.fixed, key[0]), key[1])
-            if self.fixed_index is not None:
-                windows = windows.index_select(0, self.fixed_index)
-            self._patches[key] = windows
-        return self._patches[key]
+        every kept fixed voxel of the level ``sigma_voxels``: ``(N_fixed, (2 radius + 1)^D)``, once per
+        level (27 floats a voxel in 3D at radius 1)."""
+        key = ("windows", float(sigma_voxels), int(radius))
+        if key not in self._features:
+            self._features[key] = self._kept(normalised_patches(self._level(key[1])[0], key[2]))
+        return self._features[key]
 
     def in_moving_mask(self, points_voxel: torch.Tensor) -> torch.Tensor:
         """``(P,)`` bool: moving voxel points ``(P, D)`` that fall inside the moving mask (outside the grid: no)."""

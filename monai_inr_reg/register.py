@@ -131,8 +131,10 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
         start_record = {"alignment": how}
         if how == "search":
             initial, start_record["candidates"] = search_start(pair, fixed_grid, moving_grid, seed=seed)
+        elif how == "initial_transform":
+            initial = initial_transform
         else:
-            initial = initial_transform if initial_transform is not None else initial_matrix(pair, fixed_grid, moving_grid, how)
+            initial = initial_matrix(pair, fixed_grid, moving_grid, how)
         start_record["seconds"] = time.perf_counter() - start
         image_net, motion, motion_name, matrix = None, None, None, initial
         for stage in config["stages"]:

@@ -84,17 +84,9 @@ def _import_itk():
     return itk
 
 
-def _geometry(grid: ImageGrid):
-    """(origin, spacing, direction) of an ITK-style image with ``grid``'s voxel -> LPS mm map."""
-    m = grid.mm_from_voxel.numpy()
-    d = grid.ndim
-    spacing = np.linalg.norm(m[:d, :d], axis=0)
-    return m[:d, d].copy(), spacing, m[:d, :d] / spacing[None, :]
-
-
 def _ants_image(array: np.ndarray, grid: ImageGrid):
     ants = _import_ants()
-    origin, spacing, direction = _geometry(grid)
+    origin, spacing, direction = grid.itk_geometry()
     # antspyx keeps numpy index order: array[i, j, k] is ITK index (i, j, k)
     return ants.from_numpy(np.ascontiguousarray(array, dtype=np.float32), origin=tuple(origin),
                            spacing=tuple(spacing), direction=direction)
@@ -161,7 +153,7 @@ def ants_syn(fixed: np.ndarray, fixed_grid: ImageGrid, moving: np.ndarray, movin
 
 def _itk_image(array: np.ndarray, grid: ImageGrid):
     itk = _import_itk()
-    origin, spacing, direction = _geometry(grid)
+    origin, spacing, direction = grid.itk_geometry()
     # itk numpy views are in reverse (z, y, x) order: transpose so ITK index (i, j, k) = array[i, j, k]
     img = itk.image_from_array(np.ascontiguousarray(np.asarray(array, dtype=np.float32).T))
     img.SetOrigin([float(v) for v in origin])

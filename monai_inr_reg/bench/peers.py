@@ -36,7 +36,6 @@ from ..config import load_preset
 from ..core.grid import ImageGrid, apply_affine
 from ..core.sample import warp_image_mm
 from ..pair import initial_matrix, prepare_pair
-from .baselines import _geometry
 
 __all__ = ["convexadam_available", "fireants_available", "convexadam", "fireants", "start_matrix", "PEER_SETTINGS",
            "SLAB"]
@@ -103,7 +102,7 @@ def _fireants_image(array: np.ndarray, grid: ImageGrid):
     scaled = (array - low) / (high - low) if high > low else np.zeros_like(array)
     # SimpleITK arrays are in reverse (z, y, x) order: transpose so ITK index (i, j, k) = array[i, j, k]
     image = sitk.GetImageFromArray(np.ascontiguousarray(scaled.T, dtype=np.float32))
-    origin, spacing, direction = _geometry(grid)
+    origin, spacing, direction = grid.itk_geometry()
     image.SetOrigin(tuple(float(v) for v in origin))
     image.SetSpacing(tuple(float(v) for v in spacing))
     image.SetDirection(tuple(float(v) for v in direction.reshape(-1)))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -141,6 +142,15 @@ class ImageGrid:
     def spacing(self) -> torch.Tensor:
         """Voxel size along each array axis, mm, shape ``(D,)``."""
         return torch.linalg.norm(self.mm_from_voxel[: self.ndim, : self.ndim], dim=0)
+
+    def itk_geometry(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(origin (D,), spacing (D,), direction (D, D))`` float64 of an ITK-style image (ITK,
+        SimpleITK, ANTs) whose index ``(i, j, k)`` is array ``[i, j, k]``: its voxel -> physical map
+        is this grid's voxel -> LPS mm map (``direction`` columns: the array axes' unit vectors)."""
+        matrix = self.mm_from_voxel.numpy()
+        d = self.ndim
+        spacing = np.linalg.norm(matrix[:d, :d], axis=0)
+        return matrix[:d, d].copy(), spacing, matrix[:d, :d] / spacing[None, :]
 
     def voxel_to_mm(self, points_voxel: torch.Tensor) -> torch.Tensor:
         return apply_affine(self.mm_from_voxel, points_voxel)

@@ -57,12 +57,10 @@ def grid_from_image(image, *, name: str = "image", caller: str = "grid_from_imag
 def _set_geometry(image, grid: ImageGrid) -> None:
     """Give an ITK image the origin, spacing and direction of ``grid``."""
     itk = _itk()
-    d = grid.ndim
-    linear = grid.mm_from_voxel[:d, :d].numpy()
-    spacing = np.linalg.norm(linear, axis=0)
-    image.SetOrigin([float(v) for v in grid.mm_from_voxel[:d, d]])
+    origin, spacing, direction = grid.itk_geometry()
+    image.SetOrigin([float(v) for v in origin])
     image.SetSpacing([float(v) for v in spacing])
-    image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(linear / spacing[None, :])))
+    image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(direction)))
 
 
 def image_to_tensor(image, *, name: str = "image") -> tuple[torch.Tensor, ImageGrid]:

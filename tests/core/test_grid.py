@@ -161,3 +161,20 @@ def test_affine_for_ndim_matches_monai_to_affine_nd():
                           dtype=torch.float64)
     assert torch.equal(ImageGrid.from_ras_affine((6, 5), affine).mm_from_voxel,
                        ImageGrid.from_ras_affine((6, 5), affine_for_ndim(affine, 2)).mm_from_voxel)
+
+
+def test_itk_geometry_recomposes_the_grid():
+    """``itk_geometry``: origin, spacing and an orthonormal direction whose columns scaled by the
+    spacing, with the origin, are the grid's voxel -> LPS mm map (an oblique, anisotropic grid)."""
+    import numpy as np
+
+    angle = 0.3
+    ras = torch.eye(4, dtype=torch.float64)
+    ras[:2, :2] = torch.tensor([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) * torch.tensor([0.8, 1.5])
+    ras[2, 2], ras[:3, 3] = 2.5, torch.tensor([10.0, -20.0, 5.0])
+    grid = ImageGrid.from_ras_affine((7, 6, 5), ras)
+    origin, spacing, direction = grid.itk_geometry()
+    assert np.allclose(spacing, [0.8, 1.5, 2.5]) and np.allclose(direction.T @ direction, np.eye(3))
+    recomposed = np.eye(4)
+    recomposed[:3, :3], recomposed[:3, 3] = direction * spacing[None, :], origin
+    assert np.allclose(recomposed, grid.mm_from_voxel.numpy(), atol=1e-12)
