@@ -18,7 +18,7 @@ import torch
 from .config import learning_rate_factors, stage_iterations
 from .core.encoding import level_weights
 from .motion import HashMotion
-from .objectives import field_regulariser
+from .objectives import field_regulariser, penalises_field
 from .optim import adam
 from .pair import ImagePair
 
@@ -117,6 +117,7 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
 
     def run_level(motion, optimizer, steps: int, done: int, level_factor: float, show: bool, n_batch: int) -> list[float]:
         is_hash = isinstance(motion, HashMotion)
+        penalised = is_hash and penalises_field(stage)  # displacement gradients at half the finest motion cell
         losses = []
         for step in range(steps):
             factor = learning_rate_factor(done, total, final, warmup) if whole else learning_rate_factor(step, steps, final, warmup)
@@ -132,12 +133,14 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
                 fixed_mm, fixed_values = pair.fixed_points_mm.index_select(0, index), objective.fixed_values.index_select(0, index)
             else:
                 fixed_mm, fixed_values = pair.fixed_points_mm, objective.fixed_values
-            moved_mm = motion(fixed_mm, weights) if is_hash else motion(fixed_mm)
+            if penalised:
+                moved_mm, gradient = motion.moved_and_gradient(fixed_mm, weights, PENALTY_POINTS, 0.5 / finest)
+            else:
+                moved_mm = motion(fixed_mm, weights) if is_hash else motion(fixed_mm)
             loss = objective(moved_mm, fixed_values, done=done, total=total, generator=generator)
             objective_and_penalty = loss
-            if is_hash:
-                objective_and_penalty = loss + field_regulariser(motion, pair.box.to_unit(fixed_mm[:PENALTY_POINTS]),
-                                                                 stage, weights, finest)
+            if penalised:
+                objective_and_penalty = loss + field_regulariser(gradient, motion.matrix()[:pair.ndim, :pair.ndim], stage)
             optimizer.zero_grad(set_to_none=True)
             objective_and_penalty.backward()
             optimizer.step()

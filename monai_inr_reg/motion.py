@@ -96,6 +96,24 @@ class HashMotion(nn.Module):
         residual = self.displacement_unit(self.box.to_unit(points_mm), level_weights)
         return apply_affine(self.base, points_mm) + residual * self.box.scale_mm()
 
+    def moved_and_gradient(self, points_mm: torch.Tensor, level_weights: torch.Tensor | None, n_gradient: int,
+                           step_unit: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The motion at ``points_mm`` ``(P, D)`` (LPS mm -> LPS mm, as :meth:`forward`) and the
+        displacement gradient ``G[p, c, a] = d u_c / d x_a`` ``(n, D, D)`` at its first
+        ``n = min(n_gradient, P)`` points: forward differences with a step of ``step_unit`` box units,
+        box units on both sides, so ``G`` is dimensionless (the box is isotropic: the same in mm).
+        One evaluation of the net for all of it (the shifted points ride along with the others)."""
+        unit = self.box.to_unit(points_mm)
+        n_points, ndim = unit.shape
+        n = min(n_gradient, n_points)
+        shifted = unit[:n].repeat(ndim, 1).reshape(ndim, n, ndim)
+        for axis in range(ndim):
+            shifted[axis, :, axis] += step_unit
+        out = self.displacement_unit(torch.cat([unit, shifted.reshape(ndim * n, ndim)]), level_weights)
+        residual = out[:n_points]
+        gradient = ((out[n_points:].reshape(ndim, n, ndim) - residual[:n]) / step_unit).permute(1, 2, 0)
+        return apply_affine(self.base, points_mm) + residual * self.box.scale_mm(), gradient
+
 
 def make_motion(motion_config: dict, center_mm: torch.Tensor, box: NormalisedBox, init: torch.Tensor | None, device):
     """A motion of ``motion_config`` (an entry of the config's ``motions``: ``model`` rigid, affine or

@@ -25,7 +25,7 @@ from .core.losses import mapped_l2, mutual_information, normalise_rows, window_o
 from .core.sample import sample_image
 from .pair import ImagePair
 
-__all__ = ["ImageNetL2", "Similarity", "field_regulariser", "match_quality"]
+__all__ = ["ImageNetL2", "Similarity", "field_regulariser", "penalises_field", "match_quality"]
 
 
 def _masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -169,39 +169,31 @@ class Similarity:
     SCORE_POINTS = 1 << 16
 
 
-def _displacement_gradient(motion, points_unit: torch.Tensor, weights, step_unit: float) -> torch.Tensor:
-    """Forward-difference gradient ``G[p, c, a] = d u_c / d x_a`` ``(P, D, D)`` of a hash motion's
-    displacement at box points ``(P, D)``; box units on both sides, so ``G`` is dimensionless (the box
-    is isotropic: the same ``G`` in mm)."""
-    base = motion.displacement_unit(points_unit, weights)
-    columns = []
-    for axis in range(points_unit.shape[1]):
-        shifted = points_unit.clone()
-        shifted[:, axis] += step_unit
-        columns.append((motion.displacement_unit(shifted, weights) - base) / step_unit)
-    return torch.stack(columns, dim=2)
+def penalises_field(stage: dict) -> bool:
+    """Whether ``stage`` has a field regulariser (:func:`field_regulariser`) to compute."""
+    return float(stage.get("smoothness_weight", 0.0)) > 0 or float(stage.get("folding_weight", 0.0)) > 0
 
 
-def field_regulariser(motion, points_unit: torch.Tensor, stage: dict, weights, finest_resolution: float) -> torch.Tensor:
-    """Regularisers of a hash motion at box points ``(P, D)`` (0-d tensor):
+def field_regulariser(gradient: torch.Tensor, linear: torch.Tensor, stage: dict) -> torch.Tensor:
+    """Regularisers of a hash motion (0-d tensor):
 
     ``smoothness_weight * mean |G|^2 + folding_weight * mean relu(folding_threshold - det(A + G))``,
-    ``G`` the displacement gradient (forward differences, step half the finest motion cell) and
-    ``A`` the linear part of the motion's base matrix, so ``det(A + G)`` is the Jacobian determinant
-    of the whole map: the second term only acts where the map (nearly) folds.
+
+    Args:
+        gradient: ``G`` ``(P, D, D)``, the displacement gradient at ``P`` points, dimensionless
+            (:meth:`~monai_inr_reg.motion.HashMotion.moved_and_gradient`).
+        linear: ``A`` ``(D, D)``, the linear part of the motion's base matrix, so ``det(A + G)`` is
+            the Jacobian determinant of the whole map: the second term only acts where the map
+            (nearly) folds.
+        stage: the stage's ``smoothness_weight``, ``folding_weight``, ``folding_threshold``.
     """
     smooth_weight = float(stage["smoothness_weight"])
     fold_weight = float(stage["folding_weight"])
-    if smooth_weight <= 0 and fold_weight <= 0:
-        return points_unit.new_zeros(())
-    grad = _displacement_gradient(motion, points_unit, weights, 0.5 / float(finest_resolution))
-    total = points_unit.new_zeros(())
+    total = gradient.new_zeros(())
     if smooth_weight > 0:
-        total = total + smooth_weight * grad.pow(2).sum((1, 2)).mean()
+        total = total + smooth_weight * gradient.pow(2).sum((1, 2)).mean()
     if fold_weight > 0:
-        ndim = points_unit.shape[1]
-        linear = motion.matrix()[:ndim, :ndim].to(grad.dtype)
-        det = torch.linalg.det(linear + grad)
+        det = torch.linalg.det(linear.to(gradient.dtype) + gradient)
         total = total + fold_weight * torch.relu(float(stage["folding_threshold"]) - det).mean()
     return total
 

@@ -158,12 +158,41 @@ def test_folding_penalty_acts_only_where_the_map_folds():
     box = NormalisedBox.around(grid, grid, margin=0.1)
     stage = {"encoding": {"n_levels": 2, "base_resolution": 4, "finest_resolution": 8, "log2_hashmap_size": 10},
              "smoothness_weight": 0.0, "folding_weight": 2.0, "folding_threshold": 0.1}
-    points = torch.rand(256, 2, generator=torch.Generator().manual_seed(0))
+    points_mm = torch.rand(256, 2, generator=torch.Generator().manual_seed(0)) * 31
+
+    def penalty(motion):
+        _, gradient = motion.moved_and_gradient(points_mm, None, 256, 0.5 / 8)
+        return float(field_regulariser(gradient, motion.matrix()[:2, :2], stage))
+
     identity = HashMotion(box, stage["encoding"], {"n_neurons": 16, "n_hidden_layers": 1})
-    assert float(field_regulariser(identity, points, stage, None, 8)) == 0.0
+    assert penalty(identity) == 0.0
     mirror = torch.diag(torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64))  # det = -1 everywhere
     folded = HashMotion(box, stage["encoding"], {"n_neurons": 16, "n_hidden_layers": 1}, mirror)
-    assert float(field_regulariser(folded, points, stage, None, 8)) == pytest.approx(2.0 * (0.1 + 1.0), rel=1e-5)
+    assert penalty(folded) == pytest.approx(2.0 * (0.1 + 1.0), rel=1e-5)
+
+
+def test_moved_and_gradient_matches_the_motion_and_its_finite_differences():
+    from monai_inr_reg.core.grid import ImageGrid, NormalisedBox
+    from monai_inr_reg.motion import HashMotion
+
+    grid = ImageGrid.from_ras_affine((20, 18, 16), None)
+    box = NormalisedBox.around(grid, grid, margin=0.1)
+    torch.manual_seed(0)
+    motion = HashMotion(box, {"n_levels": 3, "base_resolution": 4, "finest_resolution": 16, "log2_hashmap_size": 10},
+                        {"n_neurons": 16, "n_hidden_layers": 1})
+    with torch.no_grad():
+        motion.net.weights[-1].normal_(0.0, 0.1)  # a non-zero field (the output layer starts at zero)
+        motion.net.encoding_parameters()[0].uniform_(-1.0, 1.0)
+    points_mm = torch.rand(50, 3, generator=torch.Generator().manual_seed(1)) * 15
+    moved, gradient = motion.moved_and_gradient(points_mm, None, 20, 1e-2)
+    assert torch.equal(moved, motion(points_mm))
+    assert gradient.shape == (20, 3, 3) and gradient.abs().max() > 1e-3
+    base = motion.displacement_unit(box.to_unit(points_mm[:20]))
+    for axis in range(3):
+        shifted = box.to_unit(points_mm[:20]).clone()
+        shifted[:, axis] += 1e-2
+        column = (motion.displacement_unit(shifted) - base) / 1e-2
+        torch.testing.assert_close(gradient[:, :, axis], column, rtol=0, atol=1e-4)
 
 
 def test_mutual_information_sees_non_monotone_contrasts():

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .reduce import transposed_matmul
+
 __all__ = ["hat_basis", "fit_intensity_map", "mapped_l2", "mutual_information", "gaussian_smooth", "mind_ssc", "window_offsets", "normalised_patches", "normalise_rows"]
 
 
@@ -115,7 +117,7 @@ def mutual_information(a: torch.Tensor, b: torch.Tensor, n_bins: int) -> torch.T
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"mutual_information(): 'a' and 'b' must be 1-D of the same length, got {tuple(a.shape)} "
                          f"and {tuple(b.shape)}")
-    joint = hat_basis(a, n_bins).T @ hat_basis(b, n_bins) / max(a.shape[0], 1)
+    joint = transposed_matmul(hat_basis(a, n_bins), hat_basis(b, n_bins)) / max(a.shape[0], 1)
     p_a, p_b = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
     eps = 1e-10
     return (joint * ((joint + eps).log() - (p_a + eps).log() - (p_b + eps).log())).sum()

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .reduce import linear
+
 __all__ = ["MLPSpec", "mlp_spec", "mlp_forward", "ACTIVATIONS", "VALID_NETWORK_KEYS"]
 
 ACTIVATIONS = {
@@ -96,7 +98,7 @@ def mlp_forward(features: torch.Tensor, weights: list[torch.Tensor], biases: lis
     h = features
     n = len(weights)
     for i, (w, b) in enumerate(zip(weights, biases)):
-        h = F.linear(h, w, b)
+        h = linear(h, w, b)  # gradients summed over the points in an order independent of the thread count
         if i < n - 1 and spec.activation == "ReLU":
             h = F.relu_(h)  # in place: linear's backward does not need its output; saves a (P, width) buffer
         else:
