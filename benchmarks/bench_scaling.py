@@ -21,8 +21,9 @@ import torch
 SIZES = {"2d": [(128, 128), (256, 256), (512, 512)], "3d": [(64, 64, 64), (128, 128, 128), (160, 192, 224)]}
 
 
-def synthetic_pair(shape):
-    """``(fixed, moving)`` ``(1, *shape)`` float32: a blob phantom and the phantom under a known smooth warp."""
+def synthetic_pair(shape, *, with_field: bool = False):
+    """``(fixed, moving)`` ``(1, *shape)`` float32: a blob phantom and the phantom under a known smooth
+    warp, ``moving(p) = fixed(p + field(p))``; with ``with_field`` also ``field`` ``(D, *shape)`` (voxels)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from synthetic_images import phantom, smooth_field
 
@@ -30,7 +31,7 @@ def synthetic_pair(shape):
 
     fixed = phantom(shape, seed=1)
     field = smooth_field(shape, 2.5, seed=2) + 1.5
-    return fixed, warp_image(fixed, field)
+    return (fixed, warp_image(fixed, field), field) if with_field else (fixed, warp_image(fixed, field))
 
 
 def main(argv=None) -> int:

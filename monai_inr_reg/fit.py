@@ -25,6 +25,7 @@ from .pair import ImagePair
 __all__ = ["fit_stage", "fixed_points_per_iteration", "learning_rate_factor", "motion_parameter_groups"]
 
 PENALTY_POINTS = 1024  # regulariser points per iteration (the first of the iteration's fixed points)
+BAR_EVERY = 25  # iterations between updates of the loss shown on the progress bar
 
 
 def learning_rate_factor(step: int, total: int, final_factor: float, warmup: float) -> float:
@@ -118,7 +119,7 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
     def run_level(motion, optimizer, steps: int, done: int, level_factor: float, show: bool, n_batch: int) -> list[float]:
         is_hash = isinstance(motion, HashMotion)
         penalised = is_hash and penalises_field(stage)  # displacement gradients at half the finest motion cell
-        losses = []
+        losses, values = [], []  # the data term per iteration: 0-d tensors; floats for the convergence window
         for step in range(steps):
             factor = learning_rate_factor(done, total, final, warmup) if whole else learning_rate_factor(step, steps, final, warmup)
             for group in optimizer.param_groups:
@@ -144,16 +145,19 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
             optimizer.zero_grad(set_to_none=True)
             objective_and_penalty.backward()
             optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss.detach())  # read once per level: on a GPU each read is a host sync
             done += 1
             if show and bar is not None:
                 bar.update(1)
-                bar.set_postfix_str(f"{stage['name']} loss {losses[-1]:.4f}", refresh=False)
-            if window and converged(losses, window, tolerance):
-                if show and bar is not None:
-                    bar.update(steps - len(losses))
-                break
-        return losses
+                if step % BAR_EVERY == 0 or step == steps - 1:
+                    bar.set_postfix_str(f"{stage['name']} loss {float(losses[-1]):.4f}", refresh=False)
+            if window:
+                values.append(float(losses[-1]))
+                if converged(values, window, tolerance):
+                    if show and bar is not None:
+                        bar.update(steps - len(losses))
+                    break
+        return torch.stack(losses).tolist() if losses else []
 
     chosen, done, history = 0, 0, []
     for level, (sigma, steps, level_factor) in enumerate(zip(stage["smoothing_voxels"], steps_per_level,

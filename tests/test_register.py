@@ -132,9 +132,10 @@ def test_pair_on_different_grids_registers_in_physical_space(fixed2d):
 
 
 def test_seeded_runs_are_deterministic(fixed2d):
+    """On the CPU (the default device where CUDA is present; its atomics make GPU runs differ in the last bits)."""
     moving = shifted(fixed2d, (1.0, 1.0))
-    a = register(fixed2d, moving, "rigid", seed=5, iterations_scale=0.05)
-    b = register(fixed2d, moving, "rigid", seed=5, iterations_scale=0.05)
+    a = register(fixed2d, moving, "rigid", seed=5, iterations_scale=0.05, device="cpu")
+    b = register(fixed2d, moving, "rigid", seed=5, iterations_scale=0.05, device="cpu")
     assert a.loss_history == b.loss_history
     assert torch.equal(a.ddf, b.ddf)
 

@@ -369,7 +369,8 @@ def hash_grid_encode(points_unit: torch.Tensor, params: torch.Tensor, spec: Hash
     x = points_unit.to(params.dtype).clamp(0.0, 1.0)
     n_points, f = x.shape[0], spec.n_features
     active = None
-    if level_weights is not None and not level_weights.requires_grad:
+    if level_weights is not None and not level_weights.requires_grad and level_weights.device.type == "cpu":
+        # skip the levels that are off; on a GPU reading the weights would cost a host sync per call
         active = [bool(v) for v in (level_weights != 0).tolist()]
     plan = _plan(spec)
     pieces = []

@@ -48,7 +48,7 @@ def warp_image_mm(image: torch.Tensor, image_grid: ImageGrid, points_mm: torch.T
     Returns ``(C, *out_shape)`` in the image's dtype (nearest keeps label values exactly).
     """
     _check_mode(mode, "warp_image_mm")
-    voxel = image_grid.mm_to_voxel(points_mm.to(torch.float64))
+    voxel = image_grid.mm_to_voxel(points_mm.to(device=image.device, dtype=torch.float64))  # on the image's device
     work = image if image.is_floating_point() else image.to(torch.float32)
     pieces = [sample_image(work, v.to(work.dtype), mode=mode) for v in voxel.split(chunk)]
     out = torch.cat(pieces).T.reshape((image.shape[0],) + tuple(out_shape))
