@@ -25,16 +25,16 @@ from bench_scaling import synthetic_pair  # noqa: E402
 SHAPES = "200x220,160x192x224"  # a 2D slice; brain3d's size (both directions)
 
 
-def known_ddf(field: torch.Tensor, iterations: int = 20) -> torch.Tensor:
+def known_ddf(field: torch.Tensor) -> torch.Tensor:
     """The fixed -> moving voxel displacement ``u`` ``(D, *S)`` of a pair with
-    ``moving(q) = fixed(q + field(q))``: ``moving(p + u(p)) = fixed(p)`` needs ``u(p) = -field(p + u(p))``,
-    solved by fixed-point iteration (the field is smooth and small: it converges in a few steps)."""
-    from monai_inr_reg.core.sample import warp_image
+    ``moving(q) = fixed(q + field(q))``: ``u(p) = -field(p + u(p))``, the inverse of ``field``
+    (:func:`monai_inr_reg.bench.protocols.invert_ddf_mm` on the pair's identity grid: mm = voxels)."""
+    from monai_inr_reg.bench.protocols import invert_ddf_mm
+    from monai_inr_reg.core.grid import ImageGrid
 
-    u = -field
-    for _ in range(iterations):
-        u = -warp_image(field, u)
-    return u
+    ndim = field.shape[0]
+    grid = ImageGrid(tuple(field.shape[1:]), torch.eye(ndim + 1, dtype=torch.float64))
+    return invert_ddf_mm(field, grid)[0].to(torch.float32)
 
 
 def main(argv=None) -> int:

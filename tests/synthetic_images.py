@@ -7,6 +7,14 @@ import math
 import torch
 
 
+def shifted(image: torch.Tensor, shift_voxel) -> torch.Tensor:
+    """``moving`` with ``moving(p + shift) = image(p)``: the fixed -> moving DDF is ``+shift`` everywhere."""
+    from monai_inr_reg.core.sample import warp_image
+
+    ddf = torch.tensor(shift_voxel, dtype=torch.float32).reshape((-1,) + (1,) * (image.ndim - 1))
+    return warp_image(image, -ddf.expand((image.ndim - 1,) + tuple(image.shape[1:])).contiguous())
+
+
 def phantom(shape, *, seed: int = 0, blobs: int = 12) -> torch.Tensor:
     """A smooth random phantom ``(1, *shape)`` in [0, 1]: Gaussian blobs of random size inside an ellipse."""
     g = torch.Generator().manual_seed(seed)

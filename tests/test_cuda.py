@@ -15,19 +15,12 @@ import torch
 
 from monai_inr_reg import register
 from monai_inr_reg.core.encoding import hash_grid_encode, hash_grid_spec, init_hash_grid_params
-from monai_inr_reg.core.sample import warp_image
-from synthetic_images import phantom
+from synthetic_images import phantom, shifted
 
 # the device under test; MONAI_INR_REG_TEST_DEVICE=cpu dry-runs these tests on the CPU (their thresholds, not the GPU)
 DEVICE = os.environ.get("MONAI_INR_REG_TEST_DEVICE", "cuda")
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="no CUDA device")]
-
-
-def shifted(image: torch.Tensor, shift_voxel) -> torch.Tensor:
-    """``moving(p + shift) = image(p)``: the fixed -> moving displacement is ``+shift`` everywhere."""
-    ddf = torch.tensor(shift_voxel, dtype=torch.float32).reshape((-1,) + (1,) * (image.ndim - 1))
-    return warp_image(image, -ddf.expand((image.ndim - 1,) + tuple(image.shape[1:])).contiguous())
 
 
 def inner_mean(ddf: torch.Tensor, margin: int = 8) -> torch.Tensor:

@@ -8,18 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic_images import phantom
+from synthetic_images import phantom, shifted
 from monai_inr_reg import register
 from monai_inr_reg.core.grid import ImageGrid, apply_affine
-from monai_inr_reg.core.sample import warp_image, warp_image_mm
+from monai_inr_reg.core.sample import warp_image_mm
 
 FAST = {"iterations_scale": 0.5}
-
-
-def shifted(image: torch.Tensor, shift_voxel) -> torch.Tensor:
-    """``moving`` with ``moving(p + shift) = image(p)``: the fixed -> moving DDF is ``+shift`` everywhere."""
-    ddf = torch.tensor(shift_voxel, dtype=torch.float32).reshape((-1,) + (1,) * (image.ndim - 1))
-    return warp_image(image, -ddf.expand((image.ndim - 1,) + tuple(image.shape[1:])).contiguous())
 
 
 def non_monotone(image: torch.Tensor) -> torch.Tensor:
