@@ -129,6 +129,8 @@ def _merge_stages(stages: list, changes: dict) -> list:
         if not isinstance(change, dict):
             raise ValueError(f"load_preset(): 'stages.{name}' takes a mapping of stage options, got {change!r}")
         stage = stages[names.index(name)]
+        if "iterations" in change and "iterations_2d" not in change:
+            stage.pop("iterations_2d", None)  # a count one sets holds in 2D too
         for key, value in change.items():
             stage[key] = {**stage[key], **value} if isinstance(value, dict) and isinstance(stage.get(key), dict) \
                 else copy.deepcopy(value)
@@ -244,9 +246,12 @@ def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:
     if not smoothing or any(float(s) < 0 for s in smoothing):
         raise ValueError(f"load_preset(): {where}: 'smoothing_voxels' must be one or more sigmas >= 0, got {smoothing!r}")
     resolved["smoothing_voxels"] = [float(s) for s in smoothing]
-    iterations = _per_level(resolved["iterations"], len(smoothing), f"{where}: 'iterations'")
-    if any(int(i) < 0 for i in (iterations or [resolved["iterations"]])):
-        raise ValueError(f"load_preset(): {where}: 'iterations' must be >= 0, got {resolved['iterations']!r}")
+    for key in ("iterations", "iterations_2d"):
+        if key == "iterations_2d" and resolved[key] is None:
+            continue
+        iterations = _per_level(resolved[key], len(smoothing), f"{where}: {key!r}")
+        if any(int(i) < 0 for i in (iterations or [resolved[key]])):
+            raise ValueError(f"load_preset(): {where}: {key!r} must be >= 0, got {resolved[key]!r}")
     _per_level(resolved["learning_rate_factor"], len(smoothing), f"{where}: 'learning_rate_factor'")
     _per_level(resolved["fixed_points"], len(smoothing), f"{where}: 'fixed_points'")
     if resolved["schedule"] not in SCHEDULES:
@@ -275,13 +280,15 @@ def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:
     return resolved
 
 
-def stage_iterations(stage: dict, iterations_scale: float) -> list[int]:
-    """Iterations per level of a resolved stage, times ``iterations_scale``: a total is scaled, rounded
-    and split evenly (earlier levels take the remainder); a per-level list is scaled level by level."""
+def stage_iterations(stage: dict, iterations_scale: float, ndim: int) -> list[int]:
+    """Iterations per level of a resolved stage for a pair of dimension ``ndim`` (``iterations_2d``
+    when given and ``ndim`` is 2, else ``iterations``), times ``iterations_scale``: a total is scaled,
+    rounded and split evenly (earlier levels take the remainder); a per-level list is scaled level by level."""
     n_levels = len(stage["smoothing_voxels"])
-    if isinstance(stage["iterations"], (list, tuple)):
-        return [int(round(int(i) * iterations_scale)) for i in stage["iterations"]]
-    total = int(round(int(stage["iterations"]) * iterations_scale))
+    iterations = stage["iterations_2d"] if ndim == 2 and stage.get("iterations_2d") is not None else stage["iterations"]
+    if isinstance(iterations, (list, tuple)):
+        return [int(round(int(i) * iterations_scale)) for i in iterations]
+    total = int(round(int(iterations) * iterations_scale))
     return [total // n_levels + (i < total % n_levels) for i in range(n_levels)]
 
 

@@ -95,7 +95,7 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
         (same points, same metric); with ``guard`` on, a stage that ended worse than it started
         hands on its start (``kept_start``) instead: it made things worse (None: an image-net stage).
     """
-    steps_per_level = stage_iterations(stage, iterations_scale)
+    steps_per_level = stage_iterations(stage, iterations_scale, pair.ndim)
     total = sum(steps_per_level)
     if total == 0:
         return candidates[0], 0, [], None

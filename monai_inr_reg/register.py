@@ -121,7 +121,7 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
     if show:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=sum(sum(stage_iterations(s, scale)) for s in config["stages"]), desc="monai_inr_reg", leave=False)
+        bar = tqdm(total=sum(sum(stage_iterations(s, scale, pair.ndim)) for s in config["stages"]), desc="monai_inr_reg", leave=False)
     history: list[float] = []
     records: list[dict] = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

@@ -211,6 +211,20 @@ def test_a_stage_list_of_your_own(fixed2d):
     assert result.parametric and result.motion == "rigid" and result.quality["metric"] == "mutual_information"
 
 
+def test_a_2d_pair_runs_iterations_2d(tmp_path, fixed2d):
+    """``iterations_2d`` counts for 2D pairs (here NIfTI files through MONAI's loader), ``iterations`` for 3D."""
+    nib = pytest.importorskip("nibabel")
+    stage = {"name": "pose", "motion": "rigid", "objective": "mapped_l2", "iterations": 12, "iterations_2d": [4, 2],
+             "smoothing_voxels": [1, 0]}
+    for name, image in (("fixed", fixed2d), ("moving", shifted(fixed2d, (1.0, 0.0)))):
+        nib.save(nib.Nifti1Image(image[0].numpy()[..., None], np.eye(4)), str(tmp_path / f"{name}.nii.gz"))
+    flat = register(str(tmp_path / "fixed.nii.gz"), str(tmp_path / "moving.nii.gz"), stages=[stage])
+    volume = phantom((16, 16, 16), seed=1)
+    solid = register(volume, volume, stages=[stage])
+    assert (flat.stages[0]["iterations"], len(flat.loss_history)) == (6, 6)
+    assert (solid.stages[0]["iterations"], len(solid.loss_history)) == (12, 12)
+
+
 def test_convergence_stops_a_level_when_its_loss_stops_improving(fixed2d):
     from monai_inr_reg.fit import converged
 
