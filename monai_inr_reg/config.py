@@ -31,6 +31,7 @@ MOTION_MODELS = PARAMETRIC_MODELS + ("hash",)
 OBJECTIVES = ("image_net", "mapped_l2", "mutual_information", "mind", "local_cc")
 INITIAL_ALIGNMENTS = ("center_of_mass", "none", "search")
 SCHEDULES = ("whole", "per_level")
+DIMENSIONS = ("2d", "3d")  # the keys of a stage's iterations given by dimension
 CANDIDATES = ("previous", "start")
 
 # stage keys that apply to some objectives or motion models only: (what they depend on, where they apply)
@@ -129,8 +130,6 @@ def _merge_stages(stages: list, changes: dict) -> list:
         if not isinstance(change, dict):
             raise ValueError(f"load_preset(): 'stages.{name}' takes a mapping of stage options, got {change!r}")
         stage = stages[names.index(name)]
-        if "iterations" in change and "iterations_2d" not in change:
-            stage.pop("iterations_2d", None)  # a count one sets holds in 2D too
         for key, value in change.items():
             stage[key] = {**stage[key], **value} if isinstance(value, dict) and isinstance(stage.get(key), dict) \
                 else copy.deepcopy(value)
@@ -246,12 +245,14 @@ def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:
     if not smoothing or any(float(s) < 0 for s in smoothing):
         raise ValueError(f"load_preset(): {where}: 'smoothing_voxels' must be one or more sigmas >= 0, got {smoothing!r}")
     resolved["smoothing_voxels"] = [float(s) for s in smoothing]
-    for key in ("iterations", "iterations_2d"):
-        if key == "iterations_2d" and resolved[key] is None:
-            continue
-        iterations = _per_level(resolved[key], len(smoothing), f"{where}: {key!r}")
-        if any(int(i) < 0 for i in (iterations or [resolved[key]])):
-            raise ValueError(f"load_preset(): {where}: {key!r} must be >= 0, got {resolved[key]!r}")
+    counts = resolved["iterations"]
+    if isinstance(counts, dict) and set(counts) != set(DIMENSIONS):
+        raise ValueError(f"load_preset(): {where}: 'iterations' by dimension needs exactly the keys {DIMENSIONS}, got {counts!r}")
+    for dimension, count in (counts.items() if isinstance(counts, dict) else [("", counts)]):
+        what = f"{where}: 'iterations{'.' + dimension if dimension else ''}'"
+        iterations = _per_level(count, len(smoothing), what)
+        if any(int(i) < 0 for i in (iterations or [count])):
+            raise ValueError(f"load_preset(): {what} must be >= 0, got {count!r}")
     _per_level(resolved["learning_rate_factor"], len(smoothing), f"{where}: 'learning_rate_factor'")
     _per_level(resolved["fixed_points"], len(smoothing), f"{where}: 'fixed_points'")
     if resolved["schedule"] not in SCHEDULES:
@@ -281,11 +282,12 @@ def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:
 
 
 def stage_iterations(stage: dict, iterations_scale: float, ndim: int) -> list[int]:
-    """Iterations per level of a resolved stage for a pair of dimension ``ndim`` (``iterations_2d``
-    when given and ``ndim`` is 2, else ``iterations``), times ``iterations_scale``: a total is scaled,
-    rounded and split evenly (earlier levels take the remainder); a per-level list is scaled level by level."""
+    """Iterations per level of a resolved stage for a pair of dimension ``ndim`` (``iterations`` itself,
+    or its ``"2d"`` / ``"3d"`` entry), times ``iterations_scale``: a total is scaled, rounded and split
+    evenly (earlier levels take the remainder); a per-level list is scaled level by level."""
     n_levels = len(stage["smoothing_voxels"])
-    iterations = stage["iterations_2d"] if ndim == 2 and stage.get("iterations_2d") is not None else stage["iterations"]
+    iterations = stage["iterations"]
+    iterations = iterations[f"{ndim}d"] if isinstance(iterations, dict) else iterations
     if isinstance(iterations, (list, tuple)):
         return [int(round(int(i) * iterations_scale)) for i in iterations]
     total = int(round(int(iterations) * iterations_scale))

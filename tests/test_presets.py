@@ -67,11 +67,8 @@ def test_presets_keep_their_stages():
     assert stages_of("paper-rigid") == [("near_rigid", "near_rigid", "image_net")]
     assert stages_of("paper-deformable") == [("deformable", "deformable", "image_net")]
     deformable, multimodal = load_preset("deformable"), load_preset("multimodal-deformable")
-    assert [s["iterations"] for s in deformable["stages"]] == [200, 200, 150, 600]
+    assert [s["iterations"] for s in deformable["stages"]] == [200, 200, 150, {"2d": 300, "3d": 600}]
     assert [s["iterations"] for s in multimodal["stages"]] == [200, 200, 150, 400]
-    # 2D slices: the single-modal field as accurate at 300 as at 600 (docs/benchmarks.md, fifth session)
-    assert [s["iterations_2d"] for s in deformable["stages"]] == [None, None, None, 300]
-    assert [s["iterations_2d"] for s in multimodal["stages"]] == [None] * 4
     assert deformable["motions"]["deformable"]["network"]["n_neurons"] == 64
     assert multimodal["motions"]["deformable"]["network"]["n_neurons"] == 32  # measured: as accurate, 0.6x the time
     assert deformable["stages"][1] == load_preset("rigid")["stages"][1] | {"name": "rigid_refine"}
@@ -90,12 +87,16 @@ def test_presets_keep_their_stages():
 def test_overrides_by_stage_name_and_a_list_of_your_own():
     changed = load_preset("deformable", **{"stages.deformable.iterations": 30, "iterations_scale": 0.5})
     assert [s["iterations"] for s in changed["stages"]] == [200, 200, 150, 30] and changed["iterations_scale"] == 0.5
-    # a count one sets holds in 2D too (the preset's iterations_2d goes with it)
-    assert changed["stages"][3]["iterations_2d"] is None
+    # one count holds in 2D and 3D; a count by dimension is a total or one per level, like iterations itself
     assert [stage_iterations(changed["stages"][3], 0.5, ndim) for ndim in (2, 3)] == [[8, 7], [8, 7]]
     field = load_preset("deformable")["stages"][3]
     assert stage_iterations(field, 1.0, 2) == [150, 150] and stage_iterations(field, 1.0, 3) == [300, 300]
-    assert stage_iterations(field | {"iterations_2d": [10, 20]}, 2.0, 2) == [20, 40]
+    by_level = load_preset("deformable", **{"stages.deformable.iterations.2d": [10, 20]})["stages"][3]
+    assert by_level["iterations"] == {"2d": [10, 20], "3d": 600} and stage_iterations(by_level, 2.0, 2) == [20, 40]
+    with pytest.raises(ValueError, match=r"'iterations' by dimension needs exactly the keys \('2d', '3d'\)"):
+        load_preset("deformable", stages={"deformable": {"iterations": {"2D": 300, "3d": 600}}})
+    with pytest.raises(ValueError, match=r"'iterations.3d' must be one number or one per level \(2"):
+        load_preset("deformable", stages={"deformable": {"iterations": {"2d": 300, "3d": [1, 2, 3]}}})
     own = load_preset("rigid", stages=[{"name": "only", "motion": "affine", "objective": "mutual_information"}])
     [stage] = own["stages"]
     assert stage["bins"] == 16 and "robust_scale" not in stage and "moving_points" not in stage

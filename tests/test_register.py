@@ -211,10 +211,10 @@ def test_a_stage_list_of_your_own(fixed2d):
     assert result.parametric and result.motion == "rigid" and result.quality["metric"] == "mutual_information"
 
 
-def test_a_2d_pair_runs_iterations_2d(tmp_path, fixed2d):
-    """``iterations_2d`` counts for 2D pairs (here NIfTI files through MONAI's loader), ``iterations`` for 3D."""
+def test_iterations_by_dimension(tmp_path, fixed2d):
+    """``iterations: {2d: ..., 3d: ...}``: a 2D pair (here NIfTI files through MONAI's loader) runs the first."""
     nib = pytest.importorskip("nibabel")
-    stage = {"name": "pose", "motion": "rigid", "objective": "mapped_l2", "iterations": 12, "iterations_2d": [4, 2],
+    stage = {"name": "pose", "motion": "rigid", "objective": "mapped_l2", "iterations": {"2d": [4, 2], "3d": 12},
              "smoothing_voxels": [1, 0]}
     for name, image in (("fixed", fixed2d), ("moving", shifted(fixed2d, (1.0, 0.0)))):
         nib.save(nib.Nifti1Image(image[0].numpy()[..., None], np.eye(4)), str(tmp_path / f"{name}.nii.gz"))
