@@ -171,6 +171,11 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
                            quality["metric"], quality["final"],
                            "with no registration" if quality["no_registration"] <= quality["start"] else
                            "at its start", min(quality["no_registration"], quality["start"]))
+        if quality["weak_evidence"]:
+            logger.warning("monai_inr_reg: WEAK EVIDENCE: the images share little information at the start (mutual "
+                           "information %.3g nats) and the registration multiplied it to %.3g; the alignment may not "
+                           "follow the anatomy (fields of view or contents that differ, e.g. MR -> TRUS): check it",
+                           -min(quality["no_registration"], quality["start"]), -quality["final"])
     if bar is not None:
         bar.close()
     every_voxel = pair.fixed_points_mm if pair.fixed_index is None else None  # computed already, unless masked

@@ -60,7 +60,10 @@ class RegistrationResult:
             ``mapped_l2`` or ``mutual_information`` as minus MI; lower is better):
             ``no_registration`` (the grids placed on each other through their affines), ``start``
             (the first stage's start), ``final``; ``suspect`` is True when ``final`` is worse than
-            the better of the two starts (the registration made things worse: look at the start).
+            the better of the two starts (the registration made things worse: look at the start);
+            ``weak_evidence`` (mutual information) is True when the images at the better start share
+            under 0.25 nats and the registration multiplied that by more than 3 (the field made most of
+            the match it reports, as on MR -> TRUS pairs: check the result).
         config: the full configuration used (preset merged with overrides).
     """
 

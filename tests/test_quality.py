@@ -69,6 +69,31 @@ def test_the_metrics_row_carries_the_flag(tmp_path):
     with open(out / "metrics.csv") as fh:
         rows = {r["pair"]: r for r in csv.DictReader(fh)}
     assert rows["good"]["suspect"] == "False" and rows["bad"]["suspect"] == "True"
+    assert rows["good"]["weak_evidence"] == rows["bad"]["weak_evidence"] == "False"  # mapped_l2: MI only
     assert float(rows["bad"]["similarity"]) > float(rows["bad"]["similarity_before"])
     assert json.loads((out / "metrics.json").read_text())["summary"]["suspect"] == 1
     assert json.loads((out / "bad" / "done.json").read_text())["quality"]["suspect"] is True
+
+
+def test_weak_evidence_flags_a_prostate_mr_trus_pair_and_not_a_brain_pair(shared_data, caplog):
+    """The images as placed share little information (MR -> TRUS, fields of view that differ) and the
+    field makes most of the match: flagged. A multi-modal brain slice shifted by a few mm: not flagged."""
+    from monai.data import MetaTensor
+
+    from monai_inr_reg.bench import data as bdata
+
+    def as_input(image, grid):
+        return MetaTensor(torch.as_tensor(image)[None], affine=grid.affine_ras.clone())
+
+    prostate = bdata.prostate_pairs(shared_data, cases=1)[0]
+    with caplog.at_level(logging.WARNING, logger="monai_inr_reg.register"):
+        result = register(as_input(prostate.fixed, prostate.fixed_grid), as_input(prostate.moving, prostate.moving_grid),
+                          "multimodal-deformable")
+    quality = result.quality
+    assert quality["metric"] == "mutual_information" and quality["weak_evidence"] and not quality["suspect"]
+    assert -min(quality["no_registration"], quality["start"]) < 0.25 and quality["final"] < 3 * quality["start"]
+    assert "WEAK EVIDENCE" in caplog.text
+    brain = bdata.brainweb_pair(shared_data, multimodal=True)
+    moving = torch.roll(torch.as_tensor(brain.source), shifts=(3, -2), dims=(0, 1)).numpy()
+    quality = register(as_input(brain.fixed, brain.grid), as_input(moving, brain.grid), "multimodal-deformable").quality
+    assert quality["metric"] == "mutual_information" and not quality["weak_evidence"] and not quality["suspect"]
