@@ -201,8 +201,8 @@ def field_regulariser(gradient: torch.Tensor, linear: torch.Tensor, stage: dict)
 QUALITY_STAGE = {"objective": "mutual_information", "bins": 16}  # when no stage compares the real images
 _SUSPECT_MARGIN = 0.01  # relative: a final data term this much worse than the better start is suspect
 # weak evidence (mutual information only), measured (docs/benchmarks.md, fifth session): the 15 prostate
-# MR -> TRUS pairs start at 0.06-0.18 nats (16 bins) and end 3.6-15x higher; every stroke, IXI002 and BrainWeb
-# pair, aligned or 12-18 degrees off, starts at 0.38-0.86 and ends 1.1-2.2x higher
+# MR -> TRUS pairs start at 0.06-0.18 nats (16 bins) and end 3.6-15x higher; every stroke, IXI002, BrainWeb
+# and inter-subject brain pair, aligned or 12-18 degrees off, starts at 0.38-0.86 and ends 1.1-2.2x higher
 _WEAK_START_NATS = 0.25
 _WEAK_GAIN = 3.0
 
