@@ -165,17 +165,18 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
                             "than from the previous stages' result; it continued from there", stage["name"])
         classical = [s for s in config["stages"] if s["objective"] != "image_net"]
         quality = match_quality(pair, motion, initial, classical[-1] if classical else QUALITY_STAGE)
+        better_start = min(quality["no_registration"], quality["start"])
         if quality["suspect"]:
             logger.warning("monai_inr_reg: SUSPECT result: the images match worse after the registration (%s %.4g) "
                            "than %s (%.4g); check the start (initial_transform, initial_alignment) and the masks",
                            quality["metric"], quality["final"],
                            "with no registration" if quality["no_registration"] <= quality["start"] else
-                           "at its start", min(quality["no_registration"], quality["start"]))
+                           "at its start", better_start)
         if quality["weak_evidence"]:
             logger.warning("monai_inr_reg: WEAK EVIDENCE: the images share little information at the start (mutual "
                            "information %.3g nats) and the registration multiplied it to %.3g; the alignment may not "
                            "follow the anatomy (fields of view or contents that differ, e.g. MR -> TRUS): check it",
-                           -min(quality["no_registration"], quality["start"]), -quality["final"])
+                           -better_start, -quality["final"])
     if bar is not None:
         bar.close()
     every_voxel = pair.fixed_points_mm if pair.fixed_index is None else None  # computed already, unless masked

@@ -62,8 +62,9 @@ class RegistrationResult:
             (the first stage's start), ``final``; ``suspect`` is True when ``final`` is worse than
             the better of the two starts (the registration made things worse: look at the start);
             ``weak_evidence`` (mutual information) is True when the images at the better start share
-            under 0.25 nats and the registration multiplied that by more than 3 (the field made most of
-            the match it reports, as on MR -> TRUS pairs: check the result).
+            little information and the registration multiplied it several-fold (the field made most of
+            the match it reports, as on MR -> TRUS pairs: check the result; thresholds and their
+            measurement in :func:`monai_inr_reg.objectives.match_quality`).
         config: the full configuration used (preset merged with overrides).
     """
 
