@@ -27,9 +27,10 @@ __all__ = ["load_preset", "list_presets", "describe_preset", "merge_overrides", 
            "INITIAL_ALIGNMENTS"]
 
 PARAMETRIC_MODELS = ("rigid", "affine")
-MOTION_MODELS = PARAMETRIC_MODELS + ("hash",)
+MOTION_MODELS = PARAMETRIC_MODELS + ("hash", "grid")
 OBJECTIVES = ("image_net", "mapped_l2", "mutual_information", "mind", "local_cc")
 INITIAL_ALIGNMENTS = ("center_of_mass", "none", "search")
+ON_WEAK_EVIDENCE = ("bounded", "as_placed", "warn")
 SCHEDULES = ("whole", "per_level")
 DIMENSIONS = ("2d", "3d")  # the keys of a stage's iterations given by dimension
 CANDIDATES = ("previous", "start")
@@ -44,10 +45,12 @@ _APPLIES = {
     "robust_scale": ("objective", ("mapped_l2",)),
     "window_radius": ("objective", ("local_cc",)),
     "coarse_to_fine_share": ("model", ("hash",)),
-    "smoothness_weight": ("model", ("hash",)),
+    "smoothness_weight": ("model", ("hash", "grid")),
     "folding_weight": ("model", ("hash",)),
     "folding_threshold": ("model", ("hash",)),
     "fixed_points_cover_table": ("model", ("hash",)),
+    "search_radius_voxels": ("model", ("grid",)),
+    "search_downsample": ("model", ("grid",)),
 }
 
 # Sections whose inner keys are free-form tiny-cuda-nn dicts (validated by the network builders).
@@ -185,6 +188,9 @@ def _validate(config: dict) -> None:
     if config["initial_alignment"] not in INITIAL_ALIGNMENTS:
         raise ValueError(f"load_preset(): 'initial_alignment' must be one of {INITIAL_ALIGNMENTS}, "
                          f"got {config['initial_alignment']!r}")
+    if config["on_weak_evidence"] not in ON_WEAK_EVIDENCE:
+        raise ValueError(f"load_preset(): 'on_weak_evidence' must be one of {ON_WEAK_EVIDENCE}, "
+                         f"got {config['on_weak_evidence']!r}")
     if config["multimodal"] not in (True, False):
         raise ValueError(f"load_preset(): 'multimodal' must be true or false, got {config['multimodal']!r}")
     for name, motion in config["motions"].items():
@@ -194,6 +200,9 @@ def _validate(config: dict) -> None:
         if motion["model"] == "hash" and not (isinstance(lr, dict) and set(lr) == {"encoding", "network"}):
             raise ValueError(f"load_preset(): 'motions.{name}.learning_rate' of a hash motion must be "
                              f"{{encoding: ..., network: ...}}, got {lr!r}")
+        if motion["model"] == "grid" and not (isinstance(motion.get("spacing_voxels"), int) and motion["spacing_voxels"] >= 1):
+            raise ValueError(f"load_preset(): 'motions.{name}.spacing_voxels' of a grid motion must be an integer >= 1, "
+                             f"got {motion.get('spacing_voxels')!r}")
         if motion["model"] != "hash" and isinstance(lr, dict):
             raise ValueError(f"load_preset(): 'motions.{name}.learning_rate' of a {motion['model']} motion must be "
                              f"a number, got {lr!r}")
@@ -275,6 +284,15 @@ def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:
         values = resolved[key]
         if not all(int(v) >= (2 if key == "bins" else 1) for v in (values if isinstance(values, list) else [values])):
             raise ValueError(f"load_preset(): {where}: {key!r} must be a positive count, got {resolved[key]!r}")
+    if model == "grid":
+        downsample, radius = resolved["search_downsample"], resolved["search_radius_voxels"]
+        spacing = config["motions"][motion]["spacing_voxels"]
+        if not (isinstance(downsample, int) and downsample >= 1 and isinstance(radius, int) and radius >= 0):
+            raise ValueError(f"load_preset(): {where}: 'search_downsample' must be an integer >= 1 and "
+                             f"'search_radius_voxels' one >= 0, got {downsample!r} and {radius!r}")
+        if radius % downsample or spacing % downsample:
+            raise ValueError(f"load_preset(): {where}: 'search_radius_voxels' ({radius}) and the motion's "
+                             f"'spacing_voxels' ({spacing}) must be multiples of 'search_downsample' ({downsample})")
     for key in ("symmetric", "fixed_points_cover_table", "guard"):
         if key in resolved and resolved[key] not in (True, False):
             raise ValueError(f"load_preset(): {where}: {key!r} must be true or false, got {resolved[key]!r}")

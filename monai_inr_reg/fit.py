@@ -17,7 +17,7 @@ import torch
 
 from .config import learning_rate_factors, stage_iterations
 from .core.encoding import level_weights
-from .motion import HashMotion
+from .motion import GridMotion, HashMotion
 from .objectives import field_regulariser, penalises_field
 from .optim import adam
 from .pair import ImagePair
@@ -119,6 +119,7 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
     def run_level(motion, optimizer, steps: int, done: int, level_factor: float, show: bool, n_batch: int) -> list[float]:
         is_hash = isinstance(motion, HashMotion)
         penalised = is_hash and penalises_field(stage)  # displacement gradients at half the finest motion cell
+        rough_weight = float(stage.get("smoothness_weight", 0.0)) if isinstance(motion, GridMotion) else 0.0
         losses, values = [], []  # the data term per iteration: 0-d tensors; floats for the convergence window
         for step in range(steps):
             factor = learning_rate_factor(done, total, final, warmup) if whole else learning_rate_factor(step, steps, final, warmup)
@@ -142,6 +143,8 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
             objective_and_penalty = loss
             if penalised:
                 objective_and_penalty = loss + field_regulariser(gradient, motion.matrix()[:pair.ndim, :pair.ndim], stage)
+            elif rough_weight > 0:
+                objective_and_penalty = loss + rough_weight * motion.roughness()
             optimizer.zero_grad(set_to_none=True)
             objective_and_penalty.backward()
             optimizer.step()

@@ -4,7 +4,8 @@ Every model is an ``nn.Module`` whose ``forward(points_mm)`` takes ``(P, D)`` fi
 and returns the corresponding moving points ``phi(x)``, ``(P, D)`` LPS mm. Parametric models
 (:class:`RigidMotion`, :class:`AffineMotion`) act about the fixed image centre and expose their
 exact homogeneous ``matrix()``; :class:`HashMotion` adds a coordinate-network displacement to a
-fixed matrix (the parametric stage it starts from).
+fixed matrix (the parametric stage it starts from); :class:`GridMotion` composes a displacement
+field on a coarse grid over the fixed image with such a matrix.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from torch import nn
 
 from .core.grid import ImageGrid, NormalisedBox, apply_affine
 from .core.linear import about_center, nearest_rotation, rotation_matrix, rotation_parameters
+from .core.sample import sample_image
 from .nn import CoordinateNet
 
-__all__ = ["RigidMotion", "AffineMotion", "HashMotion", "make_motion", "dense_displacement_mm"]
+__all__ = ["RigidMotion", "AffineMotion", "HashMotion", "GridMotion", "make_motion", "dense_displacement_mm"]
 
 
 class RigidMotion(nn.Module):
@@ -115,15 +117,64 @@ class HashMotion(nn.Module):
         return apply_affine(self.base, points_mm) + residual * self.box.scale_mm(), gradient
 
 
-def make_motion(motion_config: dict, center_mm: torch.Tensor, box: NormalisedBox, init: torch.Tensor | None, device):
-    """A motion of ``motion_config`` (an entry of the config's ``motions``: ``model`` rigid, affine or
-    hash) starting at ``init`` (``(D + 1, D + 1)`` fixed LPS mm -> moving LPS mm; None: identity);
-    parametric motions act about ``center_mm`` with translations in units of the box edge."""
+class GridMotion(nn.Module):
+    """``phi(x) = M (x + v(x))``: a displacement field ``v`` (LPS mm, in fixed space) on a coarse grid
+    over the fixed image, then the fixed matrix ``M`` (the stage it starts from).
+
+    Grid node ``g`` sits at fixed voxel ``g * spacing + (spacing - 1) / 2`` (the centre of a cell of
+    ``spacing`` voxels per axis, ``ceil(S / spacing)`` nodes); ``v`` is interpolated linearly between
+    nodes and continues its edge nodes beyond them. It starts at zero (the matrix) or at a field of
+    a discrete search (:func:`monai_inr_reg.start.bounded_field`).
+
+    Args:
+        fixed_grid: the fixed image's grid.
+        spacing_voxels: node spacing in fixed voxels.
+        init: ``(D + 1, D + 1)`` matrix ``M``; None: identity.
+    """
+
+    def __init__(self, fixed_grid: ImageGrid, spacing_voxels: int, init: torch.Tensor | None = None):
+        super().__init__()
+        ndim = fixed_grid.ndim
+        self.spacing_voxels = int(spacing_voxels)
+        nodes = tuple(-(-n // self.spacing_voxels) for n in fixed_grid.shape)
+        self.register_buffer("base", torch.eye(ndim + 1, dtype=torch.float64) if init is None else init.to(torch.float64))
+        self.register_buffer("voxel_from_mm", fixed_grid.voxel_from_mm.to(torch.float64))
+        self.register_buffer("spacing_mm", fixed_grid.spacing.to(torch.float32) * self.spacing_voxels)
+        self.displacement_mm = nn.Parameter(torch.zeros((ndim,) + nodes))
+
+    def matrix(self) -> torch.Tensor:
+        return self.base
+
+    def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
+        voxel = apply_affine(self.voxel_from_mm, points_mm.to(torch.float32))
+        node = (voxel - (self.spacing_voxels - 1) / 2) / self.spacing_voxels
+        field = sample_image(self.displacement_mm, node, padding_mode="border")
+        return apply_affine(self.base, points_mm + field.to(points_mm.dtype))
+
+    def roughness(self) -> torch.Tensor:
+        """Mean squared difference of neighbouring nodes per mm between them, summed over the axes
+        (the squared displacement gradient, dimensionless; 0-d)."""
+        ndim = self.displacement_mm.shape[0]
+        total = self.displacement_mm.new_zeros(())
+        for axis in range(ndim):
+            if self.displacement_mm.shape[axis + 1] > 1:
+                total = total + (self.displacement_mm.diff(dim=axis + 1) / self.spacing_mm[axis]).pow(2).sum(0).mean()
+        return total
+
+
+def make_motion(motion_config: dict, center_mm: torch.Tensor, box: NormalisedBox, init: torch.Tensor | None, device,
+                fixed_grid: ImageGrid | None = None):
+    """A motion of ``motion_config`` (an entry of the config's ``motions``: ``model`` rigid, affine,
+    hash or grid) starting at ``init`` (``(D + 1, D + 1)`` fixed LPS mm -> moving LPS mm; None:
+    identity); parametric motions act about ``center_mm`` with translations in units of the box
+    edge; a grid motion needs ``fixed_grid``."""
     model = motion_config["model"]
     if model == "rigid":
         return RigidMotion(center_mm, box.scale_mm(), init).to(device)
     if model == "affine":
         return AffineMotion(center_mm, box.scale_mm(), init).to(device)
+    if model == "grid":
+        return GridMotion(fixed_grid, motion_config["spacing_voxels"], init).to(device)
     return HashMotion(box, motion_config["encoding"], motion_config["network"], init).to(device)
 
 
@@ -131,10 +182,10 @@ def dense_displacement_mm(motion, fixed_grid: ImageGrid, device, *, points_mm: t
                           chunk: int = 1 << 18) -> torch.Tensor:
     """``(D, *S_fixed)`` float64 LPS mm displacement ``phi(x) - x`` of ``motion`` at every fixed voxel
     (on the CPU). Parametric motions exactly: their float64 matrix on float64 points. ``points_mm``:
-    ``fixed_grid.mm_points(device=device)`` when the caller has it already (hash motions)."""
+    ``fixed_grid.mm_points(device=device)`` when the caller has it already (hash and grid motions)."""
     pieces = []
     with torch.no_grad():
-        if isinstance(motion, HashMotion):
+        if not isinstance(motion, (RigidMotion, AffineMotion)):  # a field: evaluated at every voxel
             points_mm = fixed_grid.mm_points(device=device) if points_mm is None else points_mm
             for points in points_mm.split(chunk):
                 pieces.append(motion(points).to(torch.float64) - points.to(torch.float64))

@@ -10,6 +10,7 @@ module only orchestrates.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -26,11 +27,20 @@ from .nn import CoordinateNet
 from .objectives import QUALITY_STAGE, ImageNetL2, Similarity, match_quality
 from .pair import initial_matrix, normalise_intensity, prepare_pair
 from .result import RegistrationResult
-from .start import search_start
+from .start import bounded_field, search_start
 
 __all__ = ["register", "register_on_grids", "as_image_and_grid", "normalise_intensity"]
 
 logger = logging.getLogger(__name__)
+
+_WEAK_EVIDENCE_ACTION = {  # what the warning says was done, by `on_weak_evidence`
+    "bounded": "Registered again from the images as placed (their headers, or the initial_transform given) with "
+               "the 'bounded' preset, which moves nothing farther than its search radius; on_weak_evidence='warn' "
+               "returns the first registration.",
+    "as_placed": "Returned the images as placed (their headers, or the initial_transform given); "
+                 "on_weak_evidence='warn' returns the registration.",
+    "warn": "Check it.",
+}
 
 
 def register(fixed, moving, preset: str | dict = "deformable", *, fixed_mask=None, moving_mask=None,
@@ -143,9 +153,11 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
                 image_net = CoordinateNet(pair.ndim, 2 if config["multimodal"] else 1, config["image"]["encoding"],
                                           config["image"]["network"]).to(device)
             if stage["motion"] != motion_name:  # a new motion model starts from the previous stage's map
-                motion = make_motion(motion_config, pair.center_mm, pair.box, matrix, device)
+                motion = make_motion(motion_config, pair.center_mm, pair.box, matrix, device, fixed_grid)
+                if stage.get("search_radius_voxels"):
+                    bounded_field(pair, fixed_grid, motion, stage["search_radius_voxels"], stage["search_downsample"])
             sources = {"previous": lambda: motion,
-                       "start": lambda: make_motion(motion_config, pair.center_mm, pair.box, initial, device)}
+                       "start": lambda: make_motion(motion_config, pair.center_mm, pair.box, initial, device, fixed_grid)}
             candidates = [sources[name]() for name in stage["candidates"]]
             objective = _objective(stage, pair, image_net, config, motion_config)
             motion, chosen, losses, guard = fit_stage(pair, stage, candidates, motion_config, objective,
@@ -172,11 +184,19 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
                            quality["metric"], quality["final"],
                            "with no registration" if quality["no_registration"] <= quality["start"] else
                            "at its start", better_start)
+        returned = config["on_weak_evidence"] if quality["weak_evidence"] else "registration"
+        quality["returned"] = "registration" if returned == "warn" else returned
         if quality["weak_evidence"]:
             logger.warning("monai_inr_reg: WEAK EVIDENCE: the images share little information at the start (mutual "
                            "information %.3g nats) and the registration multiplied it to %.3g; the alignment may not "
-                           "follow the anatomy (fields of view or contents that differ, e.g. MR -> TRUS): check it",
-                           -better_start, -quality["final"])
+                           "follow the anatomy (fields of view or contents that differ, e.g. MR -> TRUS). %s",
+                           -better_start, -quality["final"], _WEAK_EVIDENCE_ACTION[returned])
+        as_placed = returned in ("as_placed", "bounded")
+        if as_placed:
+            # the similarity cannot judge these images, so neither the fit nor our own start (centre of
+            # mass, search) is evidence: return only what the inputs state
+            matrix = torch.eye(pair.ndim + 1, dtype=torch.float64) if initial_transform is None else initial_transform
+            motion = make_motion({"model": "affine"}, pair.center_mm, pair.box, matrix, device)
     if bar is not None:
         bar.close()
     every_voxel = pair.fixed_points_mm if pair.fixed_index is None else None  # computed already, unless masked
@@ -185,12 +205,12 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
     stage_seconds = {"start": start_record["seconds"], **{r["name"]: r["seconds"] for r in records}}
     stage_seconds["field"] = time.perf_counter() - start - sum(stage_seconds.values())
     ends = [sum(r["iterations"] for r in records[: i + 1]) for i in range(len(records))]
-    return RegistrationResult(
+    result = RegistrationResult(
         fixed_grid=fixed_grid,
         moving_grid=moving_grid,
         ddf=ddf,
         matrix_mm=matrix,
-        parametric=config["motions"][config["stages"][-1]["motion"]]["model"] in PARAMETRIC_MODELS,
+        parametric=as_placed or config["motions"][config["stages"][-1]["motion"]]["model"] in PARAMETRIC_MODELS,
         motion=config["stages"][-1]["motion"],
         moving_image=moving_image.detach().cpu(),
         seconds=time.perf_counter() - start,
@@ -203,3 +223,17 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
         quality=quality,
         config=config,
     )
+    if returned != "bounded":
+        return result
+    # registered again from the images as placed; what ran first stays in stages and quality
+    bounded = register_on_grids(fixed_image, fixed_grid, moving_image, moving_grid,
+                                load_preset("bounded", on_weak_evidence="as_placed"), fixed_mask=fixed_mask,
+                                moving_mask=moving_mask, initial_transform=initial_transform, seed=seed, device=device,
+                                progress=False)
+    offset = len(result.loss_history)
+    return dataclasses.replace(
+        bounded, seconds=result.seconds + bounded.seconds, loss_history=result.loss_history + bounded.loss_history,
+        stages=result.stages + bounded.stages,
+        stage_ends=result.stage_ends + [(name, offset + end) for name, end in bounded.stage_ends],
+        stage_seconds={**result.stage_seconds, **{f"bounded.{k}": v for k, v in bounded.stage_seconds.items()}},
+        quality={**quality, "bounded": bounded.quality})

@@ -36,7 +36,8 @@ class RegistrationResult:
         matrix_mm: ``(D + 1, D + 1)`` float64 homogeneous map, fixed LPS mm -> moving LPS mm: the
             exact rigid / affine stage (identity when there is none). The whole motion equals it
             exactly when ``parametric`` is True; otherwise ``ddf`` also holds a residual field.
-        parametric: True when the result is exactly ``matrix_mm`` (rigid or affine presets).
+        parametric: True when the result is exactly ``matrix_mm`` (rigid or affine presets, or a result
+            returned as placed: ``quality["returned"]``).
         motion: the last stage's motion (a key of the config's ``motions``: ``"rigid"``, ``"affine"``,
             ``"deformable"``, ``"near_rigid"``).
         moving_image: ``(C, *S_moving)`` the moving image as given (intensities not normalised).
@@ -64,7 +65,11 @@ class RegistrationResult:
             ``weak_evidence`` (mutual information) is True when the images at the better start share
             little information and the registration multiplied it several-fold (the field made most of
             the match it reports, as on MR -> TRUS pairs: check the result; thresholds and their
-            measurement in :func:`monai_inr_reg.objectives.match_quality`).
+            measurement in :func:`monai_inr_reg.objectives.match_quality`); ``returned``: ``"registration"``,
+            or ``"as_placed"`` when ``weak_evidence`` is set and the config's ``on_weak_evidence`` is
+            ``as_placed`` (the default): the result is then the images as their headers place them (the
+            identity), or the ``initial_transform`` given, and the other entries describe the
+            registration that was not returned.
         config: the full configuration used (preset merged with overrides).
     """
 

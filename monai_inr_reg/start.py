@@ -1,4 +1,5 @@
-"""A global search for the first stage's start (``initial_alignment: search``).
+"""Searches for a stage's start: a global one for the first stage (``initial_alignment: search``),
+and a bounded one for a grid motion's field (:func:`bounded_field`).
 
 Candidate starts, each a ``(D + 1, D + 1)`` float64 map fixed LPS mm -> moving LPS mm: the identity
 (the grids placed on each other through their affines), the centre of mass (as ANTs and ITK
@@ -8,6 +9,10 @@ through the centres of mass (as ANTs' ``affine_initializer`` and the several-sta
 elastix users). Each is scored by a similarity on the images smoothed to a coarse level; the best
 few get a short rigid fit through the one fit loop (:func:`monai_inr_reg.fit.fit_stage`) and the
 best score after it wins.
+
+:func:`bounded_field` gives a grid motion (:class:`~monai_inr_reg.motion.GridMotion`) its start: the
+best shift of each grid cell within a radius, by MIND-SSC, from a discrete search
+(:mod:`monai_inr_reg.core.discrete`).
 """
 
 from __future__ import annotations
@@ -16,16 +21,20 @@ import itertools
 import math
 
 import torch
+import torch.nn.functional as F
 
+from .core.discrete import coupled_displacements, displacement_costs
 from .core.grid import ImageGrid, apply_affine
 from .core.linear import about_center
+from .core.losses import mind_ssc
+from .core.sample import sample_image
 from .config import resolve_stage
 from .fit import fit_stage
-from .motion import make_motion
+from .motion import GridMotion, make_motion
 from .objectives import Similarity
 from .pair import ImagePair, initial_matrix
 
-__all__ = ["candidate_starts", "search_start", "SEARCH"]
+__all__ = ["candidate_starts", "search_start", "bounded_field", "SEARCH"]
 
 # what the search does: level (voxels of smoothing), how many candidates get a short fit, and that
 # fit (a stage over base.yaml's defaults; no guard: the fits are compared with each other)
@@ -117,3 +126,34 @@ def search_start(pair: ImagePair, fixed_grid: ImageGrid, moving_grid: ImageGrid,
         entry["won"] = i == best
         entry.pop("matrix")
     return fitted, record
+
+
+def bounded_field(pair: ImagePair, fixed_grid: ImageGrid, motion: GridMotion, radius_voxels: int, downsample: int) -> None:
+    """Set ``motion``'s field (from zero) to the best shift of each of its cells within ``radius_voxels``.
+
+    The moving image is resampled onto the fixed grid through ``motion``'s matrix; both get MIND-SSC
+    features (:func:`~monai_inr_reg.core.losses.mind_ssc`, whole images: masks do not enter), averaged
+    over blocks of ``downsample`` voxels per axis; every shift of whole blocks up to the radius is
+    scored per cell (:func:`~monai_inr_reg.core.discrete.displacement_costs`) and the shifts are
+    coupled into a smooth field (:func:`~monai_inr_reg.core.discrete.coupled_displacements`).
+
+    Args:
+        pair: the prepared pair (its normalised images).
+        fixed_grid: the fixed image's grid (``motion``'s).
+        motion: a grid motion whose spacing is a multiple of ``downsample``.
+        radius_voxels: the bound, fixed voxels per axis (a multiple of ``downsample``).
+        downsample: the search grid's voxel, in fixed voxels per axis.
+    """
+    ndim = pair.ndim
+    points_mm = fixed_grid.mm_points(device=pair.fixed.device)
+    moving_voxel = apply_affine(pair.moving_voxel_from_mm @ motion.matrix().to(torch.float64).cpu(), points_mm)
+    moving_on_fixed = sample_image(pair.moving, moving_voxel).T.reshape(pair.fixed.shape)
+    features = [mind_ssc(image) for image in (pair.fixed, moving_on_fixed)]
+    if downsample > 1:
+        pool = F.avg_pool2d if ndim == 2 else F.avg_pool3d
+        features = [pool(f[None], downsample, stride=downsample, ceil_mode=True)[0] for f in features]
+    radius, cell = radius_voxels // downsample, motion.spacing_voxels // downsample
+    shifts = coupled_displacements(displacement_costs(*features, radius, cell), radius) * downsample  # fixed voxels
+    linear = fixed_grid.mm_from_voxel[:ndim, :ndim].to(torch.float32)
+    with torch.no_grad():
+        motion.displacement_mm.copy_(torch.einsum("ca,a...->c...", linear, shifts))

@@ -29,7 +29,7 @@ def test_presets_are_deltas_over_the_defaults():
     schema = _schema()
     stage_keys = set(schema["stage_defaults"])
     base = leaves({k: v for k, v in schema.items() if k not in ("stages", "stage_defaults")})
-    assert list_presets() == ["affine", "deformable", "multimodal-deformable", "multimodal-paper-deformable",
+    assert list_presets() == ["affine", "bounded", "deformable", "multimodal-deformable", "multimodal-paper-deformable",
                               "multimodal-paper-rigid", "multimodal-rigid", "paper-deformable", "paper-rigid", "rigid"]
     for name in list_presets():
         raw = preset_file(name)
@@ -66,6 +66,12 @@ def test_presets_keep_their_stages():
     assert stages_of("affine") == [capture, affine, ("refine", "affine", "mapped_l2")]
     assert stages_of("paper-rigid") == [("near_rigid", "near_rigid", "image_net")]
     assert stages_of("paper-deformable") == [("deformable", "deformable", "image_net")]
+    # what images with too little in common fall back to: a bounded search from the images as placed
+    bounded = load_preset("bounded")
+    assert stages_of("bounded") == [("bounded", "bounded", "mind")] and bounded["initial_alignment"] == "none"
+    assert bounded["stages"][0]["search_radius_voxels"] == 8 and bounded["stages"][0]["search_downsample"] == 2
+    assert bounded["stages"][0]["iterations"] == 0 and bounded["motions"]["bounded"]["spacing_voxels"] == 6
+    assert all(load_preset(name)["on_weak_evidence"] == "bounded" for name in list_presets())
     deformable, multimodal = load_preset("deformable"), load_preset("multimodal-deformable")
     assert [s["iterations"] for s in deformable["stages"]] == [200, 200, 150, {"2d": 300, "3d": 600}]
     assert [s["iterations"] for s in multimodal["stages"]] == [200, 200, 150, 400]
@@ -80,7 +86,7 @@ def test_presets_keep_their_stages():
     assert refine["candidates"] == ["previous", "start"] and refine["schedule"] == "per_level"
     assert refine["robust_scale"] == 0.0 and refine["bins"] == 24
     assert load_preset("rigid")["stages"][0]["fixed_points"] == 512
-    for name in list_presets():
+    for name in set(list_presets()) - {"bounded"}:
         assert load_preset(name)["image"]["encoding"]["n_levels"] == (16 if "paper" in name else 8)
 
 

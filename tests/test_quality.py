@@ -1,4 +1,5 @@
-"""result.quality: the match before and after, and a 'suspect' flag when the registration made things worse."""
+"""result.quality: the match before and after, a 'suspect' flag when the registration made things worse,
+and 'weak_evidence' (with the images returned as placed) when the images share too little to judge."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from monai_inr_reg import register
 from monai_inr_reg.cli import main
+from monai_inr_reg.core.losses import gaussian_smooth
 from synthetic_images import gaussian_blobs
 
 SHAPE = (64, 56)
@@ -19,6 +21,22 @@ SHAPE = (64, 56)
 
 def pair():
     return (torch.from_numpy(gaussian_blobs(SHAPE))[None], torch.from_numpy(gaussian_blobs(SHAPE, (3.0, -2.0)))[None])
+
+
+def unrelated_textures(shape=SHAPE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independent smooth noise images ``(1, *shape)``: nothing to align. As placed they share
+    about 0.04 nats of mutual information; a deformable field matching texture to texture makes 10x that."""
+    images = []
+    for seed in (1, 2):
+        noise = gaussian_smooth(torch.rand((1,) + tuple(shape), generator=torch.Generator().manual_seed(seed)), 2.0)
+        images.append((noise - noise.min()) / (noise.max() - noise.min()))
+    return images[0], images[1]
+
+
+def translation(shift_mm) -> torch.Tensor:
+    matrix = torch.eye(len(shift_mm) + 1, dtype=torch.float64)
+    matrix[:-1, -1] = torch.tensor(shift_mm, dtype=torch.float64)
+    return matrix
 
 
 def quarter_turn() -> torch.Tensor:
@@ -93,7 +111,89 @@ def test_weak_evidence_flags_a_prostate_mr_trus_pair_and_not_a_brain_pair(shared
     assert quality["metric"] == "mutual_information" and quality["weak_evidence"] and not quality["suspect"]
     assert -min(quality["no_registration"], quality["start"]) < 0.25 and quality["final"] < 3 * quality["start"]
     assert "WEAK EVIDENCE" in caplog.text
+    assert quality["returned"] == "bounded" and float(result.ddf.abs().max()) <= 8.0 + 1e-4  # within the search radius
+    from monai_inr_reg.core.sample import warp_image_mm
+    from monai_inr_reg.metrics import label_overlap
+
+    def gland_dice(warped):
+        return label_overlap(prostate.fixed_labels[:1], warped.numpy()[:1], prostate.fixed_grid.spacing.tolist(),
+                             hd95=False)["per_label"][1]["dice"]
+
+    labels = torch.as_tensor(prostate.moving_labels)
+    as_placed = warp_image_mm(labels, prostate.moving_grid, prostate.fixed_grid.mm_points(dtype=torch.float64),
+                              prostate.fixed_grid.shape, mode="nearest")
+    before, after = gland_dice(as_placed), gland_dice(result.warp(labels, mode="nearest"))
+    assert after > before + 0.03, (before, after)  # 0.46 -> 0.53 (docs/benchmarks.md, sixth session)
     brain = bdata.brainweb_pair(shared_data, multimodal=True)
     moving = torch.roll(torch.as_tensor(brain.source), shifts=(3, -2), dims=(0, 1)).numpy()
     quality = register(as_input(brain.fixed, brain.grid), as_input(moving, brain.grid), "multimodal-deformable").quality
     assert quality["metric"] == "mutual_information" and not quality["weak_evidence"] and not quality["suspect"]
+    assert quality["returned"] == "registration"
+
+
+WEAK_FAST = {"iterations_scale": 0.3}  # the flag needs only a field that manufactures a match
+
+
+def test_weak_evidence_registers_again_within_bounds_or_returns_the_images_as_placed(caplog):
+    """Unrelated images: the registration is run and measured, then by default registered again from
+    the images as placed with the `bounded` preset (nothing moves farther than its radius); with
+    ``on_weak_evidence="as_placed"`` what comes back is what the inputs state (the identity, or the
+    initial_transform given); with ``"warn"``, the field."""
+    fixed, moving = unrelated_textures()
+    with caplog.at_level(logging.WARNING, logger="monai_inr_reg.register"):
+        bounded = register(fixed, moving, "multimodal-deformable", **WEAK_FAST)
+    quality = bounded.quality
+    assert quality["weak_evidence"] and quality["returned"] == "bounded"
+    assert -quality["no_registration"] < 0.1 and -quality["final"] > 3 * -quality["no_registration"]
+    assert bounded.motion == "bounded" and not bounded.parametric
+    assert [s["name"] for s in bounded.stages] == ["rigid", "rigid_refine", "affine", "deformable", "bounded"]
+    assert quality["bounded"]["metric"] == "mind" and bounded.start["alignment"] == "none"
+    assert float(bounded.ddf.abs().max()) <= 8.0 + 1e-4  # the bounded preset's radius, voxels
+    assert "Registered again from the images as placed" in caplog.text
+
+    with caplog.at_level(logging.WARNING, logger="monai_inr_reg.register"):
+        placed = register(fixed, moving, "multimodal-deformable", on_weak_evidence="as_placed", **WEAK_FAST)
+    assert placed.quality["returned"] == "as_placed" and placed.quality["final"] == quality["final"]
+    assert placed.parametric and torch.equal(placed.matrix_mm, torch.eye(3, dtype=torch.float64))
+    assert placed.ddf.abs().max() == 0 and torch.allclose(placed.warped.as_tensor(), moving, atol=1e-5)
+    assert "Returned the images as placed" in caplog.text
+
+    kept = register(fixed, moving, "multimodal-deformable", on_weak_evidence="warn", **WEAK_FAST)
+    assert kept.quality["weak_evidence"] and kept.quality["returned"] == "registration" and not kept.parametric
+    assert kept.ddf.abs().max() > 1.0  # the field that was not returned above
+    assert kept.quality["final"] == quality["final"]  # the same registration ran; only what is returned differs
+
+    start = translation((2.0, -1.0))
+    given = register(fixed, moving, "multimodal-deformable", initial_transform=start, on_weak_evidence="as_placed",
+                     **WEAK_FAST)
+    assert given.quality["returned"] == "as_placed" and torch.equal(given.matrix_mm, start)
+    expected = torch.tensor([-2.0, 1.0]).reshape(2, 1, 1)  # LPS mm (2, -1) on an identity-RAS grid: voxels (-2, 1)
+    assert torch.allclose(given.ddf, expected.expand_as(given.ddf), atol=1e-5)
+
+
+def test_the_command_line_writes_what_came_back(tmp_path):
+    """Through the command line on NIfTI files: the metrics rows say ``bounded`` (the default) and
+    ``as_placed``; the latter's ITK transform file is the identity and its warped image the moving image."""
+    import itk
+
+    fixed, moving = unrelated_textures()
+    paths = {}
+    for name, image in (("fixed", fixed), ("moving", moving)):
+        paths[name] = str(tmp_path / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(image[0].numpy(), np.eye(4)), paths[name])
+    out = tmp_path / "out"
+    for pair_id, extra in (("default", []), ("placed", ["--set", "on_weak_evidence=as_placed"])):
+        assert main(["register", paths["fixed"], paths["moving"], "-o", str(out), "--id", pair_id,
+                     "--preset", "multimodal-deformable", "--set", "iterations_scale=0.3", *extra]) == 0
+    with open(out / "metrics.csv") as fh:
+        rows = {r["pair"]: r for r in csv.DictReader(fh)}
+    assert rows["default"]["weak_evidence"] == rows["placed"]["weak_evidence"] == "True"
+    assert rows["default"]["returned"] == "bounded" and rows["placed"]["returned"] == "as_placed"
+    assert rows["default"]["motion"] == "bounded"
+    summary = json.loads((out / "metrics.json").read_text())["summary"]
+    assert summary["weak_evidence"] == 2 and summary["as_placed"] == 1 and summary["bounded"] == 1
+    transform = itk.transformread(str(out / "placed" / "itk" / "transform.h5"))[0]
+    points = [(0.0, 0.0), (10.0, -20.0), (63.0, 55.0)]
+    assert all(np.allclose(transform.TransformPoint(p), p, atol=1e-9) for p in points)
+    warped = nib.load(str(out / "placed" / "warped.nii.gz")).get_fdata()
+    assert np.allclose(warped, moving[0].numpy(), atol=1e-6)

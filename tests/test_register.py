@@ -168,6 +168,8 @@ def test_singular_affine_and_missing_file_are_named(tmp_path):
                                             r"no stage named 'rigd' to change; the stages are \['rigid', 'refine'\]"),
                                            ({"preset": "rigid", "initial_alignment": "moments"},
                                             "'initial_alignment' must be one of"),
+                                           ({"preset": "multimodal-deformable", "on_weak_evidence": "ignore"},
+                                            r"'on_weak_evidence' must be one of \('bounded', 'as_placed', 'warn'\), got 'ignore'"),
                                            ({"preset": "rigid", "stages": {"refine": {"candidates": "yes"}}},
                                             "'candidates' must be a list of distinct"),
                                            ({"preset": "rigid", "stages": {"refine": {"learning_rate_factor": [0.3, 0.1]}}},
@@ -176,7 +178,7 @@ def test_singular_affine_and_missing_file_are_named(tmp_path):
                                            ({"preset": "deformable", "stages": {"deformable": {"robust_scale": 0.5}}},
                                             "'robust_scale' applies to objective mapped_l2 only"),
                                            ({"preset": "rigid", "stages": {"refine": {"smoothness_weight": 1.0}}},
-                                            "'smoothness_weight' applies to model hash only"),
+                                            "'smoothness_weight' applies to model hash or grid only"),
                                            ({"preset": "deformable", "stages": {"deformable": {"candidates": ["previous", "start"]}}},
                                             "candidate 'start' needs a rigid or affine motion")])
 def test_bad_options_fail_before_work(kwargs, match):

@@ -161,11 +161,14 @@ def _process(pair: dict, pair_dir: Path, *, preset, overrides: dict, device, see
     row: dict[str, Any] = {"motion": result.motion, "seconds": float(result.seconds),
                            "final_loss": float(result.loss_history[-1]) if result.loss_history else math.nan,
                            "similarity_before": quality.get("no_registration"), "similarity": quality.get("final"),
-                           "suspect": quality.get("suspect"), "weak_evidence": quality.get("weak_evidence")}
+                           "suspect": quality.get("suspect"), "weak_evidence": quality.get("weak_evidence"),
+                           "returned": quality.get("returned")}
     note = "" if not quality else (
         f"{quality['metric']} (lower is better): {quality['no_registration']:.4g} unregistered, "
         f"{quality['final']:.4g} registered" + ("  -- SUSPECT: worse than its start" if quality["suspect"] else "")
-        + ("  -- WEAK EVIDENCE: the images shared little information at the start" if quality.get("weak_evidence") else ""))
+        + ("  -- WEAK EVIDENCE: the images shared little information at the start" if quality.get("weak_evidence") else "")
+        + {"as_placed": "; returned as placed", "bounded": "; registered again within bounds (preset bounded)"}.get(
+            quality.get("returned"), ""))
     # the compressing writers (gzip releases the GIL) run beside the QC figure and the label warp
     with ThreadPoolExecutor(max_workers=2) as pool:
         pending = [pool.submit(save_itk, result, pair_dir, outputs)]

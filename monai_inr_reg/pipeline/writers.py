@@ -42,7 +42,7 @@ _ITK_FORMATS = {"h5": "h5", "tfm": "tfm", "ants": "nii"}
 
 ROW_FIELDS = ("pair", "status", "error", "fixed", "moving", "fixed_label", "moving_label", "preset", "motion",
               "dice_before", "dice", "hd95_mm_before", "hd95_mm", "folding_percent", "sdlogj", "similarity_before",
-              "similarity", "suspect", "weak_evidence", "seconds", "final_loss", "itk")
+              "similarity", "suspect", "weak_evidence", "returned", "seconds", "final_loss", "itk")
 
 
 def check_outputs(outputs) -> tuple[str, ...]:
@@ -203,7 +203,9 @@ def write_metrics(output_dir, pending: list[dict] | None = None, *, base_row=Non
         summary = {"pairs": len(rows), "ok": len(ok), "failed": sum(r["status"] == "failed" for r in rows),
                    "pending": sum(r["status"] == "pending" for r in rows),
                    "suspect": sum(r.get("suspect") is True for r in rows),
-                   "weak_evidence": sum(r.get("weak_evidence") is True for r in rows)}
+                   "weak_evidence": sum(r.get("weak_evidence") is True for r in rows),
+                   "as_placed": sum(r.get("returned") == "as_placed" for r in rows),
+                   "bounded": sum(r.get("returned") == "bounded" for r in rows)}
         for key in ("dice_before", "dice", "hd95_mm_before", "hd95_mm", "folding_percent", "sdlogj", "seconds"):
             values = [r[key] for r in ok if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
             summary[f"mean_{key}"] = float(np.mean(values)) if values else None

@@ -179,6 +179,10 @@ class InrRegistration(TraceableTransform):
             "moving_affine_ras": result.moving_grid.affine_ras.numpy(),
             "seconds": float(result.seconds),
             "final_loss": float(result.loss_history[-1]) if result.loss_history else float("nan"),
+            # result.quality's verdicts: "as_placed" when the images shared too little to register
+            "returned": result.quality.get("returned", "registration"),
+            "suspect": bool(result.quality.get("suspect", False)),
+            "weak_evidence": bool(result.quality.get("weak_evidence", False)),
         }
 
 

@@ -113,3 +113,29 @@ def test_saved_files_carry_the_fixed_affine_and_the_ddf_reapplies(registered):
     ])({"moving_label": paths["moving_label"], "ddf": str(ddf_files[0])})
     assert torch.equal(later["moving_label"].as_tensor(), out["moving_label"].as_tensor())
     assert torch.allclose(later["moving_label"].affine, loaded["fixed_image"].affine, atol=1e-5)
+
+
+def test_images_with_too_little_in_common_come_back_as_placed(tmp_path):
+    """Two unrelated textures loaded from NIfTI files: the registration's trace says ``as_placed``
+    and the moving image comes out as the fixed grid places it (here the same grid: unchanged)."""
+    import nibabel as nib
+
+    from monai_inr_reg.core.losses import gaussian_smooth
+
+    paths = {}
+    for key, seed in (("fixed_image", 1), ("moving_image", 2)):
+        noise = gaussian_smooth(torch.rand(1, 64, 56, generator=torch.Generator().manual_seed(seed)), 2.0)[0]
+        paths[key] = str(tmp_path / f"{key}.nii.gz")
+        nib.save(nib.Nifti1Image(((noise - noise.min()) / (noise.max() - noise.min())).numpy(), np.diag([1.5, 1.5, 1.0, 1.0])),
+                 paths[key])
+    out = Compose([
+        LoadImaged(list(paths), image_only=True),
+        EnsureChannelFirstd(list(paths)),
+        InrRegistrationd(keys="moving_image", fixed_key="fixed_image", moving_key="moving_image",
+                         preset="multimodal-deformable", seed=0, progress=False, iterations_scale=0.3,
+                         on_weak_evidence="as_placed"),
+    ])(dict(paths))
+    info = out["moving_image"].applied_operations[-1]["extra_info"]
+    assert info["returned"] == "as_placed" and info["weak_evidence"] and info["parametric"]
+    loaded = LoadImaged("moving_image", image_only=True)({"moving_image": paths["moving_image"]})["moving_image"]
+    assert torch.allclose(out["moving_image"].as_tensor()[0], loaded.as_tensor(), atol=1e-5)

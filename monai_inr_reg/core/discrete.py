@@ -1,0 +1,96 @@
+"""Bounded discrete displacement search: the best integer shift of each cell of a coarse grid, within a
+radius, found by trying every shift, then made smooth by coupling neighbouring cells.
+
+The scheme of ConvexAdam's first step (Siebert, Hansen and Heinrich, "Fast 3D registration with
+accurate optimisation and little learning", Learn2Reg 2021; Heinrich et al., "Towards realtime
+multimodal fusion for image-guided interventions using self-similarities", MICCAI 2013): a cost
+for every (cell, shift), the cheapest shift per cell, then alternately a smoothed field and the
+cheapest shift near it, with a coupling weight that grows. No gradient, so no local minimum inside
+the radius; nothing moves farther than the radius.
+
+Every function works on feature images ``(C, *S)`` that live on one grid (2D or 3D, array order);
+shifts and displacements are in that grid's voxels.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["shift_table", "displacement_costs", "coupled_displacements", "box_smooth", "COUPLINGS", "TIE_BREAK"]
+
+# coupling weights, in cost per squared voxel of the search grid, applied in turn: from almost free
+# cells to a field that follows its neighbours (ConvexAdam-like; MIND-SSC costs are about 0.01-0.1)
+COUPLINGS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+# a cell whose costs tie (a featureless region) starts at the smallest shift, not the first in the
+# table (a corner, which the smoothing would spread): measured on a smooth phantom shifted by
+# (4, -2, 2) voxels, mean error 0.16 instead of 0.84 voxels; prostate pairs unchanged (0.599 vs 0.595)
+TIE_BREAK = 1e-6  # cost per squared voxel of shift
+
+
+def _pool(ndim: int):
+    return F.avg_pool2d if ndim == 2 else F.avg_pool3d
+
+
+def shift_table(ndim: int, radius: int) -> torch.Tensor:
+    """Every integer shift with each component in ``[-radius, radius]``: ``(K, D)`` float32, C order."""
+    return torch.tensor(list(itertools.product(range(-radius, radius + 1), repeat=ndim)), dtype=torch.float32)
+
+
+def displacement_costs(fixed: torch.Tensor, moving: torch.Tensor, radius: int, cell: int) -> torch.Tensor:
+    """The mean squared feature difference of each cell under each shift.
+
+    Args:
+        fixed: ``(C, *S)`` fixed features.
+        moving: ``(C, *S)`` moving features on the same grid.
+        radius: largest shift per axis (voxels); the moving image's edge voxels continue beyond it.
+        cell: cell edge (voxels); the last cell of an axis may be shorter.
+
+    Returns:
+        ``(K, *S_cells)``, ``S_cells = ceil(S / cell)``, one row per shift of :func:`shift_table`:
+        ``mean over the cell and channels of (fixed(x) - moving(x + shift))^2``.
+    """
+    ndim = fixed.ndim - 1
+    if moving.shape != fixed.shape:
+        raise ValueError(f"displacement_costs(): 'fixed' and 'moving' must have one shape, got {tuple(fixed.shape)} "
+                         f"and {tuple(moving.shape)}")
+    size = fixed.shape[1:]
+    padded = F.pad(moving[None], [radius] * (2 * ndim), mode="replicate")[0]
+    pool = _pool(ndim)
+    costs = []
+    for shift in itertools.product(range(-radius, radius + 1), repeat=ndim):
+        window = (slice(None),) + tuple(slice(radius + s, radius + s + n) for s, n in zip(shift, size))
+        squared = (fixed - padded[window]).pow(2).mean(0)
+        costs.append(pool(squared[None, None], cell, stride=cell, ceil_mode=True)[0, 0])
+    return torch.stack(costs)
+
+
+def box_smooth(field: torch.Tensor) -> torch.Tensor:
+    """``field`` ``(D, *S)`` averaged over each voxel's 3^D neighbourhood (edges repeated)."""
+    ndim = field.ndim - 1
+    return _pool(ndim)(F.pad(field[None], [1] * (2 * ndim), mode="replicate"), 3, stride=1)[0]
+
+
+def coupled_displacements(costs: torch.Tensor, radius: int, couplings=COUPLINGS) -> torch.Tensor:
+    """A smooth field of cell shifts from :func:`displacement_costs` ``(K, *S_cells)``.
+
+    Starts from each cell's cheapest shift (ties to the smallest, :data:`TIE_BREAK`); for each coupling weight ``theta`` in turn, the field is
+    smoothed (:func:`box_smooth`) and each cell takes the shift minimising ``cost + theta * |shift -
+    smoothed|^2``. Returns the last field smoothed once more: ``(D, *S_cells)`` float32, voxels,
+    each component within ``[-radius, radius]``.
+    """
+    ndim = costs.ndim - 1
+    shifts = shift_table(ndim, radius).to(costs.device)
+    if shifts.shape[0] != costs.shape[0]:
+        raise ValueError(f"coupled_displacements(): {costs.shape[0]} costs per cell, but radius {radius} gives "
+                         f"{shifts.shape[0]} shifts in {ndim}D")
+    to_field = (ndim,) + tuple(range(ndim))  # (*S_cells, D) -> (D, *S_cells)
+    table = shifts.reshape((-1, ndim) + (1,) * ndim)
+    field = shifts[(costs + TIE_BREAK * table.pow(2).sum(1)).argmin(0)].permute(to_field)
+    for theta in couplings:
+        smoothed = box_smooth(field)
+        distance = (table - smoothed[None]).pow(2).sum(1)
+        field = shifts[(costs + float(theta) * distance).argmin(0)].permute(to_field)
+    return box_smooth(field)
