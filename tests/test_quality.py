@@ -39,6 +39,15 @@ def translation(shift_mm) -> torch.Tensor:
     return matrix
 
 
+def write_nifti(folder, fixed: torch.Tensor, moving: torch.Tensor) -> dict[str, str]:
+    """``fixed.nii.gz`` and ``moving.nii.gz`` (identity affine) in ``folder``: their paths by name."""
+    paths = {}
+    for name, image in (("fixed", fixed), ("moving", moving)):
+        paths[name] = str(folder / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(image[0].numpy(), np.eye(4)), paths[name])
+    return paths
+
+
 def quarter_turn() -> torch.Tensor:
     """A 90-degree start about the grid centre (LPS mm of an identity-affine grid): far from the truth."""
     centre = -(torch.tensor(SHAPE, dtype=torch.float64) - 1) / 2
@@ -66,11 +75,7 @@ def test_a_registration_that_makes_things_worse_is_flagged(caplog):
 
 
 def test_the_metrics_row_carries_the_flag(tmp_path):
-    fixed, moving = pair()
-    paths = {}
-    for name, image in (("fixed", fixed), ("moving", moving)):
-        paths[name] = str(tmp_path / f"{name}.nii.gz")
-        nib.save(nib.Nifti1Image(image[0].numpy(), np.eye(4)), paths[name])
+    paths = write_nifti(tmp_path, *pair())
     start = tmp_path / "start.tfm"
     import itk
 
@@ -177,10 +182,7 @@ def test_the_command_line_writes_what_came_back(tmp_path):
     import itk
 
     fixed, moving = unrelated_textures()
-    paths = {}
-    for name, image in (("fixed", fixed), ("moving", moving)):
-        paths[name] = str(tmp_path / f"{name}.nii.gz")
-        nib.save(nib.Nifti1Image(image[0].numpy(), np.eye(4)), paths[name])
+    paths = write_nifti(tmp_path, fixed, moving)
     out = tmp_path / "out"
     for pair_id, extra in (("default", []), ("placed", ["--set", "on_weak_evidence=as_placed"])):
         assert main(["register", paths["fixed"], paths["moving"], "-o", str(out), "--id", pair_id,
