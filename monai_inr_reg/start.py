@@ -154,6 +154,6 @@ def bounded_field(pair: ImagePair, fixed_grid: ImageGrid, motion: GridMotion, ra
         features = [pool(f[None], downsample, stride=downsample, ceil_mode=True)[0] for f in features]
     radius, cell = radius_voxels // downsample, motion.spacing_voxels // downsample
     shifts = coupled_displacements(displacement_costs(*features, radius, cell), radius) * downsample  # fixed voxels
-    linear = fixed_grid.mm_from_voxel[:ndim, :ndim].to(torch.float32)
+    linear = fixed_grid.mm_from_voxel[:ndim, :ndim].to(device=shifts.device, dtype=torch.float32)
     with torch.no_grad():
         motion.displacement_mm.copy_(torch.einsum("ca,a...->c...", linear, shifts))

@@ -58,6 +58,18 @@ def test_registration_on_cuda_recovers_the_shift_and_agrees_with_the_cpu(preset,
     assert (inner_mean(gpu.ddf) - inner_mean(cpu.ddf)).abs().max() < 0.25
 
 
+def test_bounded_preset_on_cuda_recovers_the_shift_and_agrees_with_the_cpu():
+    """The discrete search and its grid motion on the device: a (4, -2, 2)-voxel shift of an inverted
+    phantom, on its 2-voxel steps."""
+    fixed = phantom((40, 44, 36), seed=3, blobs=30)
+    moving = 1.0 - shifted(fixed, (4.0, -2.0, 2.0))
+    gpu = register(fixed.to(DEVICE), moving.to(DEVICE), "bounded", progress=False)
+    cpu = register(fixed, moving, "bounded", progress=False, device="cpu")
+    assert gpu.ddf.device.type == "cpu"
+    assert (inner_mean(gpu.ddf) - torch.tensor([4.0, -2.0, 2.0])).abs().max() < 0.5
+    assert (inner_mean(gpu.ddf) - inner_mean(cpu.ddf)).abs().max() < 0.25
+
+
 def test_warp_of_a_cuda_image_stays_on_cuda_and_matches_the_cpu():
     fixed = phantom((48, 40), seed=3)
     moving = shifted(fixed, (2.0, 1.0))
