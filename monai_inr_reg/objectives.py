@@ -25,7 +25,7 @@ from .core.losses import mapped_l2, mutual_information, normalise_rows, window_o
 from .core.sample import sample_image
 from .pair import ImagePair
 
-__all__ = ["ImageNetL2", "Similarity", "field_regulariser", "penalises_field", "match_quality"]
+__all__ = ["ImageNetL2", "Similarity", "field_regulariser", "penalises_field", "match_quality", "weak_after_pose"]
 
 
 def _masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -205,6 +205,9 @@ _SUSPECT_MARGIN = 0.01  # relative: a final data term this much worse than the b
 # and inter-subject brain pair, aligned or 12-18 degrees off, starts at 0.38-0.86 and ends 1.1-2.2x higher
 _WEAK_START_NATS = 0.25
 _WEAK_GAIN = 3.0
+# ... and after their rigid and affine stages (sixth session) the prostate pairs share 0.15-0.37 nats, every
+# other pair 0.52-0.97 (18 of them 12-18 degrees off at the start): a field fitted there would make the match
+_WEAK_POSE_NATS = 0.45
 
 
 def match_quality(pair: ImagePair, motion, initial: torch.Tensor | None, stage: dict) -> dict:
@@ -226,3 +229,12 @@ def match_quality(pair: ImagePair, motion, initial: torch.Tensor | None, stage: 
                 and -best < _WEAK_START_NATS and final < _WEAK_GAIN * best)
     return {"metric": stage["objective"], "no_registration": no_registration, "start": at_start, "final": final,
             "suspect": suspect, "weak_evidence": weak}
+
+
+def weak_after_pose(quality: dict) -> bool:
+    """Whether a :func:`match_quality` taken after the pose stages (``final``: the pose reached) shows
+    weak evidence already: mutual information under ``_WEAK_START_NATS`` at the better start and under
+    ``_WEAK_POSE_NATS`` at the pose. A field fitted from there would make most of the match it reports."""
+    best = min(quality["no_registration"], quality["start"])
+    return bool(quality["metric"] == "mutual_information" and math.isfinite(best) and -best < _WEAK_START_NATS
+                and -quality["final"] < _WEAK_POSE_NATS)

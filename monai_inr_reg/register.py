@@ -24,7 +24,7 @@ from .fit import fit_stage
 from .inputs import as_image_and_grid, as_initial_matrix, as_mask
 from .motion import dense_displacement_mm, make_motion
 from .nn import CoordinateNet
-from .objectives import QUALITY_STAGE, ImageNetL2, Similarity, match_quality
+from .objectives import QUALITY_STAGE, ImageNetL2, Similarity, match_quality, weak_after_pose
 from .pair import initial_matrix, normalise_intensity, prepare_pair
 from .result import RegistrationResult
 from .start import bounded_field, search_start
@@ -147,8 +147,20 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
             initial = initial_matrix(pair, fixed_grid, moving_grid, how)
         start_record["seconds"] = time.perf_counter() - start
         image_net, motion, motion_name, matrix = None, None, None, initial
-        for stage in config["stages"]:
+        classical = [s for s in config["stages"] if s["objective"] != "image_net"]
+        quality_stage = classical[-1] if classical else QUALITY_STAGE
+        quality = None
+        for index, stage in enumerate(config["stages"]):
             motion_config = config["motions"][stage["motion"]]
+            if (motion_config["model"] not in PARAMETRIC_MODELS and motion_name is not None
+                    and config["motions"][motion_name]["model"] in PARAMETRIC_MODELS
+                    and config["on_weak_evidence"] != "warn"):
+                # before the first field: a pose that still shares little information will not be returned
+                early = match_quality(pair, motion, initial, quality_stage)
+                if weak_after_pose(early):
+                    quality = {**early, "weak_evidence": True,
+                               "skipped": [s["name"] for s in config["stages"][index:]]}
+                    break
             if stage["objective"] == "image_net" and image_net is None:  # one image net, shared by the image-net stages
                 image_net = CoordinateNet(pair.ndim, 2 if config["multimodal"] else 1, config["image"]["encoding"],
                                           config["image"]["network"]).to(device)
@@ -175,8 +187,8 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
             if len(candidates) > 1 and records[-1]["started_from"] == "start":
                 logger.info("monai_inr_reg: stage %r matched the images better when started from the initial alignment "
                             "than from the previous stages' result; it continued from there", stage["name"])
-        classical = [s for s in config["stages"] if s["objective"] != "image_net"]
-        quality = match_quality(pair, motion, initial, classical[-1] if classical else QUALITY_STAGE)
+        if quality is None:
+            quality = match_quality(pair, motion, initial, quality_stage)
         better_start = min(quality["no_registration"], quality["start"])
         if quality["suspect"]:
             logger.warning("monai_inr_reg: SUSPECT result: the images match worse after the registration (%s %.4g) "
@@ -187,10 +199,12 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
         returned = config["on_weak_evidence"] if quality["weak_evidence"] else "registration"
         quality["returned"] = "registration" if returned == "warn" else returned
         if quality["weak_evidence"]:
+            found = (f"after the pose stages still {-quality['final']:.3g} (stages {quality['skipped']} not run)"
+                     if "skipped" in quality else f"the registration multiplied it to {-quality['final']:.3g}")
             logger.warning("monai_inr_reg: WEAK EVIDENCE: the images share little information at the start (mutual "
-                           "information %.3g nats) and the registration multiplied it to %.3g; the alignment may not "
-                           "follow the anatomy (fields of view or contents that differ, e.g. MR -> TRUS). %s",
-                           -better_start, -quality["final"], _WEAK_EVIDENCE_ACTION[returned])
+                           "information %.3g nats), and %s; the alignment may not follow the anatomy (fields of "
+                           "view or contents that differ, e.g. MR -> TRUS). %s", -better_start, found,
+                           _WEAK_EVIDENCE_ACTION[returned])
         as_placed = returned in ("as_placed", "bounded")
         if as_placed:
             # the similarity cannot judge these images, so neither the fit nor our own start (centre of

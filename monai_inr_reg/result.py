@@ -65,11 +65,14 @@ class RegistrationResult:
             ``weak_evidence`` (mutual information) is True when the images at the better start share
             little information and the registration multiplied it several-fold (the field made most of
             the match it reports, as on MR -> TRUS pairs: check the result; thresholds and their
-            measurement in :func:`monai_inr_reg.objectives.match_quality`); ``returned``: ``"registration"``,
-            or ``"as_placed"`` when ``weak_evidence`` is set and the config's ``on_weak_evidence`` is
-            ``as_placed`` (the default): the result is then the images as their headers place them (the
-            identity), or the ``initial_transform`` given, and the other entries describe the
-            registration that was not returned.
+            measurement in :func:`monai_inr_reg.objectives.match_quality`), or, checked before a field
+            stage, when the pose reached still shares little (:func:`~monai_inr_reg.objectives.weak_after_pose`;
+            ``final`` is then the pose's and ``skipped`` names the stages not run); ``returned``: ``"registration"``, or
+            with ``weak_evidence`` what the config's ``on_weak_evidence`` says: ``"bounded"`` (the
+            default: the `bounded` preset's field from the images as placed; its own quality under
+            ``quality["bounded"]``), ``"as_placed"`` (the images as their headers place them, or the
+            ``initial_transform`` given), or ``"registration"`` (``warn``); the other entries
+            describe the first registration.
         config: the full configuration used (preset merged with overrides).
     """
 
