@@ -23,6 +23,7 @@ from .core.encoding import level_weights
 from .core.grid import apply_affine
 from .core.losses import mapped_l2, mutual_information, normalise_rows, window_offsets
 from .core.sample import sample_image
+from .motion import GridMotion, HashMotion
 from .pair import ImagePair
 
 __all__ = ["ImageNetL2", "Similarity", "field_regulariser", "penalises_field", "match_quality", "weak_after_pose"]
@@ -217,7 +218,9 @@ def match_quality(pair: ImagePair, motion, initial: torch.Tensor | None, stage: 
     end is worse than the better of the two starts (by more than ``_SUSPECT_MARGIN`` of its
     magnitude): the registration made things worse. ``weak_evidence`` (mutual information only) when
     the images at the better start share little information (under ``_WEAK_START_NATS``) and the
-    registration multiplied it by more than ``_WEAK_GAIN``: the field made most of the match it reports."""
+    registration, ending with a field (a hash or grid motion), multiplied it by more than
+    ``_WEAK_GAIN``: the field made most of the match it reports. A rigid or affine map that does so
+    has found the images (it has too few degrees of freedom to make a match)."""
     similarity = Similarity(pair, stage)
     start = torch.eye(pair.ndim + 1, dtype=torch.float64) if initial is None else initial
     no_registration = similarity.score(lambda points: points)
@@ -225,8 +228,9 @@ def match_quality(pair: ImagePair, motion, initial: torch.Tensor | None, stage: 
     final = similarity.score(motion)
     best = min(no_registration, at_start)
     suspect = bool(math.isfinite(best) and final > best + _SUSPECT_MARGIN * abs(best))
-    weak = bool(stage["objective"] == "mutual_information" and math.isfinite(best)  # minus MI: lower is better
-                and -best < _WEAK_START_NATS and final < _WEAK_GAIN * best)
+    weak = bool(stage["objective"] == "mutual_information" and isinstance(motion, (HashMotion, GridMotion))
+                and math.isfinite(best) and -best < _WEAK_START_NATS  # minus MI: lower is better
+                and final < _WEAK_GAIN * best)
     return {"metric": stage["objective"], "no_registration": no_registration, "start": at_start, "final": final,
             "suspect": suspect, "weak_evidence": weak}
 

@@ -149,6 +149,7 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
         image_net, motion, motion_name, matrix = None, None, None, initial
         classical = [s for s in config["stages"] if s["objective"] != "image_net"]
         quality_stage = classical[-1] if classical else QUALITY_STAGE
+        final_parametric = config["motions"][config["stages"][-1]["motion"]]["model"] in PARAMETRIC_MODELS
         quality = None
         for index, stage in enumerate(config["stages"]):
             motion_config = config["motions"][stage["motion"]]
@@ -224,7 +225,7 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
         moving_grid=moving_grid,
         ddf=ddf,
         matrix_mm=matrix,
-        parametric=as_placed or config["motions"][config["stages"][-1]["motion"]]["model"] in PARAMETRIC_MODELS,
+        parametric=as_placed or final_parametric,
         motion=config["stages"][-1]["motion"],
         moving_image=moving_image.detach().cpu(),
         seconds=time.perf_counter() - start,

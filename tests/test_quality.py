@@ -8,6 +8,7 @@ import json
 import logging
 
 import nibabel as nib
+import pytest
 import numpy as np
 import torch
 
@@ -209,3 +210,27 @@ def test_the_command_line_writes_what_came_back(tmp_path):
     assert all(np.allclose(transform.TransformPoint(p), p, atol=1e-9) for p in points)
     warped = nib.load(str(out / "placed" / "warped.nii.gz")).get_fdata()
     assert np.allclose(warped, moving[0].numpy(), atol=1e-6)
+
+
+def test_weak_evidence_needs_a_field():
+    """A rigid map that multiplies a poor start's mutual information has found the images (it has too
+    few degrees of freedom to make a match); the same map ending a field stage is flagged."""
+    from monai_inr_reg.config import load_preset
+    from monai_inr_reg.core.grid import ImageGrid
+    from monai_inr_reg.motion import GridMotion, RigidMotion
+    from monai_inr_reg.objectives import match_quality
+    from monai_inr_reg.pair import prepare_pair
+    from synthetic_images import shifted
+
+    fixed = unrelated_textures()[0]
+    moving = 1.0 - shifted(fixed, (12.0, -9.0))  # another contrast, 12 and 9 voxels off
+    grid = ImageGrid.from_ras_affine(tuple(fixed.shape[1:]), None)
+    config = load_preset("multimodal-deformable")
+    pair = prepare_pair(fixed, grid, moving, grid, config, "cpu")
+    truth = translation((-12.0, 9.0))  # fixed LPS mm -> moving LPS mm (LPS = minus the voxel axes here)
+    stage = config["stages"][-1]
+    rigid = match_quality(pair, RigidMotion(pair.center_mm, pair.box.scale_mm(), truth), None, stage)
+    field = match_quality(pair, GridMotion(grid, 6, truth), None, stage)
+    assert -rigid["no_registration"] < 0.25 and rigid["final"] < 3 * rigid["no_registration"]  # a 3x gain
+    assert rigid["final"] == pytest.approx(field["final"], rel=1e-4)
+    assert not rigid["weak_evidence"] and field["weak_evidence"]
