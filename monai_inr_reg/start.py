@@ -21,9 +21,8 @@ import itertools
 import math
 
 import torch
-import torch.nn.functional as F
 
-from .core.discrete import coupled_displacements, displacement_costs
+from .core.discrete import block_mean, coupled_displacements, displacement_costs
 from .core.grid import ImageGrid, apply_affine
 from .core.linear import about_center
 from .core.losses import mind_ssc
@@ -148,10 +147,7 @@ def bounded_field(pair: ImagePair, fixed_grid: ImageGrid, motion: GridMotion, ra
     points_mm = fixed_grid.mm_points(device=pair.fixed.device)
     moving_voxel = apply_affine(pair.moving_voxel_from_mm @ motion.matrix().to(torch.float64).cpu(), points_mm)
     moving_on_fixed = sample_image(pair.moving, moving_voxel).T.reshape(pair.fixed.shape)
-    features = [mind_ssc(image) for image in (pair.fixed, moving_on_fixed)]
-    if downsample > 1:
-        pool = F.avg_pool2d if ndim == 2 else F.avg_pool3d
-        features = [pool(f[None], downsample, stride=downsample, ceil_mode=True)[0] for f in features]
+    features = [block_mean(mind_ssc(image), downsample) for image in (pair.fixed, moving_on_fixed)]
     radius, cell = radius_voxels // downsample, motion.spacing_voxels // downsample
     shifts = coupled_displacements(displacement_costs(*features, radius, cell), radius) * downsample  # fixed voxels
     linear = fixed_grid.mm_from_voxel[:ndim, :ndim].to(device=shifts.device, dtype=torch.float32)

@@ -19,7 +19,8 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-__all__ = ["shift_table", "displacement_costs", "coupled_displacements", "box_smooth", "COUPLINGS", "TIE_BREAK"]
+__all__ = ["shift_table", "displacement_costs", "coupled_displacements", "box_smooth", "block_mean", "COUPLINGS",
+           "TIE_BREAK"]
 
 # coupling weights, in cost per squared voxel of the search grid, applied in turn: from almost free
 # cells to a field that follows its neighbours (ConvexAdam-like; MIND-SSC costs are about 0.01-0.1)
@@ -58,13 +59,19 @@ def displacement_costs(fixed: torch.Tensor, moving: torch.Tensor, radius: int, c
                          f"and {tuple(moving.shape)}")
     size = fixed.shape[1:]
     padded = F.pad(moving[None], [radius] * (2 * ndim), mode="replicate")[0]
-    pool = _pool(ndim)
     costs = []
     for shift in itertools.product(range(-radius, radius + 1), repeat=ndim):
         window = (slice(None),) + tuple(slice(radius + s, radius + s + n) for s, n in zip(shift, size))
-        squared = (fixed - padded[window]).pow(2).mean(0)
-        costs.append(pool(squared[None, None], cell, stride=cell, ceil_mode=True)[0, 0])
+        costs.append(block_mean((fixed - padded[window]).pow(2).mean(0, keepdim=True), cell)[0])
     return torch.stack(costs)
+
+
+def block_mean(image: torch.Tensor, block: int) -> torch.Tensor:
+    """``image`` ``(C, *S)`` averaged over blocks of ``block`` voxels per axis: ``(C, *ceil(S / block))``
+    (the last block of an axis may be shorter; an axis shorter than a block is one block)."""
+    size = image.shape[1:]
+    kernel = tuple(min(block, n) for n in size)
+    return _pool(len(size))(image[None], kernel, stride=block, ceil_mode=True)[0]
 
 
 def box_smooth(field: torch.Tensor) -> torch.Tensor:

@@ -71,3 +71,14 @@ def test_featureless_cells_stay_put():
     """Costs that tie everywhere (nothing to match) give no motion, not the table's first (corner) shift."""
     costs = torch.zeros(shift_table(3, 2).shape[0], 3, 4, 5)
     assert torch.equal(coupled_displacements(costs, 2), torch.zeros(3, 3, 4, 5))
+
+
+def test_block_mean_covers_short_axes():
+    """Blocks of 3 on axes of 7 and 2 voxels: ceil(7 / 3) = 3 blocks, the last one short; the 2-voxel axis
+    is one block."""
+    from monai_inr_reg.core.discrete import block_mean
+
+    image = torch.arange(14.0).reshape(1, 7, 2)
+    out = block_mean(image, 3)
+    assert out.shape == (1, 3, 1)
+    assert torch.allclose(out[0, :, 0], torch.tensor([image[0, :3].mean(), image[0, 3:6].mean(), image[0, 6:].mean()]))
