@@ -179,15 +179,15 @@ def mind_ssc(image: torch.Tensor, *, radius: int = 1, dilation: int = 2) -> torc
              if sum((x - y) ** 2 for x, y in zip(a, b)) == 2 * dilation * dilation]
     box = 2 * radius + 1
     pool = F.avg_pool2d if ndim == 2 else F.avg_pool3d
-    distances = []
-    for a, b in pairs:
-        squared = (_shifted(image, a) - _shifted(image, b)).pow(2)
-        distances.append(pool(F.pad(squared[None], [radius] * (2 * ndim), mode="replicate"), box, stride=1)[0, 0])
-    distance = torch.stack(distances)
+    # one (C, *S) buffer, filled and turned into the features in place: a 1 mm brain's 12 channels are 330 MB
+    distance = image.new_empty((len(pairs),) + tuple(image.shape[1:]))
+    for channel, (a, b) in enumerate(pairs):
+        squared = (_shifted(image, a) - _shifted(image, b)).pow_(2)
+        distance[channel] = pool(F.pad(squared[None], [radius] * (2 * ndim), mode="replicate"), box, stride=1)[0, 0]
     variance = distance.mean(0, keepdim=True)
     mean = variance.mean()
     variance = variance.clamp(float(mean) * 1e-3 + 1e-12, float(mean) * 1e3 + 1e-12)
-    return torch.exp(-distance / variance)
+    return distance.div_(variance).neg_().exp_()
 
 
 def window_offsets(ndim: int, radius: int) -> torch.Tensor:
