@@ -25,8 +25,9 @@ def register_itk(fixed, moving, preset: str = "deformable", *, fixed_mask=None, 
         initial_transform: optional start: a linear ITK transform (e.g. from ``itk.transformread``;
             fixed -> moving points, as ``ResampleImageFilter`` uses it), a transform file path
             (``.h5``, ``.tfm``, ANTs ``.mat``) or a ``(D + 1, D + 1)`` LPS matrix.
-        preset: ``"rigid"``, ``"affine"``, ``"deformable"``, ``"multimodal-rigid"`` or
-            ``"multimodal-deformable"``.
+        preset: ``"rigid"``, ``"affine"``, ``"deformable"``, ``"multimodal-rigid"``,
+            ``"multimodal-deformable"``, ``"bounded"`` (any name of ``monai-inr-reg presets list``), a
+            YAML path or a config dict.
         seed, device, progress, overrides: as for :func:`monai_inr_reg.register`.
 
     Returns:
