@@ -20,6 +20,21 @@ def texture(shape, seed: int = 1, sigma: float = 1.5) -> torch.Tensor:
     return (noise - noise.min()) / (noise.max() - noise.min())
 
 
+SHIFT = (4.0, -2.0, 2.0)
+
+
+def shifted_pair_files(folder, shift) -> list[str]:
+    """``fixed.nii.gz`` (a texture) and ``moving.nii.gz`` (it inverted, a second contrast, shifted by
+    ``shift`` voxels), 1.2 x 1.2 x 1.5 mm voxels with a flipped first axis: their paths."""
+    fixed = texture((32, 36, 28))
+    moving = 1.0 - shifted(fixed, shift)
+    paths = []
+    for name, image in (("fixed", fixed), ("moving", moving)):
+        paths.append(str(folder / f"{name}.nii.gz"))
+        nib.save(nib.Nifti1Image(image[0].numpy(), np.diag([-1.2, 1.2, 1.5, 1.0])), paths[-1])
+    return paths
+
+
 def test_grid_motion_composes_its_field_before_the_matrix():
     """``phi(x) = M (x + v(x))``: zero field = the matrix; at a node, ``v`` is the node's value; between
     nodes, linear; beyond the last node, the edge value; roughness 0 for a constant field."""
@@ -58,14 +73,8 @@ def test_bounded_registers_a_shifted_inverted_pair_from_nifti_files(tmp_path):
     fixed one inverted (1 - f, a second contrast) and shifted by (4, -2, 2) voxels. The `bounded`
     preset finds the shift to within a few tenths of a voxel away from the border and moves nothing
     farther than its radius (8 voxels)."""
-    shift = (4.0, -2.0, 2.0)
-    fixed = texture((32, 36, 28))
-    moving = 1.0 - shifted(fixed, shift)
-    affine = np.diag([-1.2, 1.2, 1.5, 1.0])
-    paths = []
-    for name, image in (("fixed", fixed), ("moving", moving)):
-        paths.append(str(tmp_path / f"{name}.nii.gz"))
-        nib.save(nib.Nifti1Image(image[0].numpy(), affine), paths[-1])
+    paths = shifted_pair_files(tmp_path, SHIFT)
+    shift = SHIFT
     result = register(*paths, "bounded")
     assert result.motion == "bounded" and not result.parametric and result.start["alignment"] == "none"
     inner = result.ddf[:, 8:-8, 8:-8, 8:-8]
@@ -148,14 +157,8 @@ def test_register_itk_with_bounded_on_imread(tmp_path):
 
     from monai_inr_reg import register_itk
 
-    shift = (4.0, -2.0, 2.0)
-    fixed = texture((32, 36, 28))
-    moving = 1.0 - shifted(fixed, shift)
-    affine = np.diag([-1.2, 1.2, 1.5, 1.0])
-    paths = []
-    for name, image in (("fixed", fixed), ("moving", moving)):
-        paths.append(str(tmp_path / f"{name}.nii.gz"))
-        nib.save(nib.Nifti1Image(image[0].numpy(), affine), paths[-1])
+    paths = shifted_pair_files(tmp_path, SHIFT)
+    shift = SHIFT
     fixed_itk, moving_itk = (itk.imread(p, itk.F) for p in paths)
     transform, warped = register_itk(fixed_itk, moving_itk, "bounded")
     # ITK index order is the NIfTI array order here; both images share one grid
