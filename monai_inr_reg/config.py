@@ -284,15 +284,19 @@ def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:
         values = resolved[key]
         if not all(int(v) >= (2 if key == "bins" else 1) for v in (values if isinstance(values, list) else [values])):
             raise ValueError(f"load_preset(): {where}: {key!r} must be a positive count, got {resolved[key]!r}")
-    if model == "grid":
-        downsample, radius = resolved["search_downsample"], resolved["search_radius_voxels"]
+    if model == "grid":  # the search's levels, coarse to fine: one integer each, or lists of one length
+        levels = [[value] if isinstance(value, int) else value
+                  for value in (resolved["search_radius_voxels"], resolved["search_downsample"])]
         spacing = config["motions"][motion]["spacing_voxels"]
-        if not (isinstance(downsample, int) and downsample >= 1 and isinstance(radius, int) and radius >= 0):
-            raise ValueError(f"load_preset(): {where}: 'search_downsample' must be an integer >= 1 and "
-                             f"'search_radius_voxels' one >= 0, got {downsample!r} and {radius!r}")
-        if radius % downsample or spacing % downsample:
-            raise ValueError(f"load_preset(): {where}: 'search_radius_voxels' ({radius}) and the motion's "
-                             f"'spacing_voxels' ({spacing}) must be multiples of 'search_downsample' ({downsample})")
+        if not (all(isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) for x in v) for v in levels)
+                and len(levels[0]) == len(levels[1]) and min(levels[0]) >= 0 and min(levels[1]) >= 1):
+            raise ValueError(f"load_preset(): {where}: 'search_radius_voxels' (integers >= 0) and 'search_downsample' "
+                             f"(integers >= 1) must be one integer each or lists of one length (the search's levels, "
+                             f"coarse to fine), got {resolved['search_radius_voxels']!r} and {resolved['search_downsample']!r}")
+        if any(radius % downsample for radius, downsample in zip(*levels)) or spacing % levels[1][-1]:
+            raise ValueError(f"load_preset(): {where}: each 'search_radius_voxels' {levels[0]} must be a multiple of its "
+                             f"'search_downsample' {levels[1]}, and the motion's 'spacing_voxels' ({spacing}) of the last")
+        resolved["search_radius_voxels"], resolved["search_downsample"] = levels
     for key in ("symmetric", "fixed_points_cover_table", "guard"):
         if key in resolved and resolved[key] not in (True, False):
             raise ValueError(f"load_preset(): {where}: {key!r} must be true or false, got {resolved[key]!r}")

@@ -167,7 +167,7 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
                                           config["image"]["network"]).to(device)
             if stage["motion"] != motion_name:  # a new motion model starts from the previous stage's map
                 motion = make_motion(motion_config, pair.center_mm, pair.box, matrix, device, fixed_grid)
-                if stage.get("search_radius_voxels"):
+                if any(stage.get("search_radius_voxels", [0])):
                     bounded_field(pair, fixed_grid, motion, stage["search_radius_voxels"], stage["search_downsample"])
             sources = {"previous": lambda: motion,
                        "start": lambda: make_motion(motion_config, pair.center_mm, pair.box, initial, device, fixed_grid)}

@@ -127,29 +127,59 @@ def search_start(pair: ImagePair, fixed_grid: ImageGrid, moving_grid: ImageGrid,
     return fitted, record
 
 
-def bounded_field(pair: ImagePair, fixed_grid: ImageGrid, motion: GridMotion, radius_voxels: int, downsample: int) -> None:
-    """Set ``motion``'s field (from zero) to the best shift of each of its cells within ``radius_voxels``.
+def bounded_field(pair: ImagePair, fixed_grid: ImageGrid, motion: GridMotion, radius_voxels: list[int],
+                  downsample: list[int]) -> None:
+    """Set ``motion``'s field (from zero) by a discrete search, coarse to fine: at each level, the best
+    shift of each cell within that level's radius.
 
-    The moving image is resampled onto the fixed grid through ``motion``'s matrix; both get MIND-SSC
-    features (:func:`~monai_inr_reg.core.losses.mind_ssc`, whole images: masks do not enter), averaged
-    over blocks of ``downsample`` voxels per axis; every shift of whole blocks up to the radius is
-    scored per cell (:func:`~monai_inr_reg.core.discrete.displacement_costs`) and the shifts are
-    coupled into a smooth field (:func:`~monai_inr_reg.core.discrete.coupled_displacements`).
+    At each level the moving image is resampled onto the fixed grid through ``motion``'s matrix and
+    the field of the levels before; both images get MIND-SSC features
+    (:func:`~monai_inr_reg.core.losses.mind_ssc`, whole images: masks do not enter), averaged over
+    blocks of the level's ``downsample`` voxels per axis; every shift of whole blocks up to the
+    level's radius is scored per cell (:func:`~monai_inr_reg.core.discrete.displacement_costs`) and
+    the shifts are coupled into a smooth field
+    (:func:`~monai_inr_reg.core.discrete.coupled_displacements`), which is composed with the field
+    before it. A level's cells hold as many of its blocks as the motion's cells hold of the last
+    level's (cells ``spacing * downsample / downsample[-1]`` fixed voxels): a coarse level moves big
+    cells far, the last one the motion's cells near.
 
     Args:
         pair: the prepared pair (its normalised images).
         fixed_grid: the fixed image's grid (``motion``'s).
-        motion: a grid motion whose spacing is a multiple of ``downsample``.
-        radius_voxels: the bound, fixed voxels per axis (a multiple of ``downsample``).
-        downsample: the search grid's voxel, in fixed voxels per axis.
+        motion: a grid motion whose spacing is a multiple of ``downsample[-1]``.
+        radius_voxels: each level's bound, fixed voxels per axis (a multiple of its ``downsample``);
+            nothing moves farther than their sum.
+        downsample: each level's search voxel, in fixed voxels per axis.
     """
     ndim = pair.ndim
     points_mm = fixed_grid.mm_points(device=pair.fixed.device)
-    moving_voxel = apply_affine(pair.moving_voxel_from_mm @ motion.matrix().to(torch.float64).cpu(), points_mm)
-    moving_on_fixed = sample_image(pair.moving, moving_voxel).T.reshape(pair.fixed.shape)
-    features = [block_mean(mind_ssc(image), downsample) for image in (pair.fixed, moving_on_fixed)]
-    radius, cell = radius_voxels // downsample, motion.spacing_voxels // downsample
-    shifts = coupled_displacements(displacement_costs(*features, radius, cell), radius) * downsample  # fixed voxels
-    linear = fixed_grid.mm_from_voxel[:ndim, :ndim].to(device=shifts.device, dtype=torch.float32)
+    moving_voxel_from_fixed_mm = (pair.moving_voxel_from_mm @ motion.matrix().to(torch.float64).cpu()).to(points_mm)
+    linear = fixed_grid.mm_from_voxel[:ndim, :ndim].to(device=points_mm.device, dtype=torch.float32)
+    fixed_features = mind_ssc(pair.fixed)
+    before_mm = torch.zeros((ndim,) + tuple(fixed_grid.shape), device=points_mm.device)  # the levels so far, fixed mm
+
+    def before_at(moved_mm):  # the levels before, at fixed LPS mm points (N, D)
+        voxel = fixed_grid.mm_to_voxel(moved_mm.to(torch.float64)).to(before_mm)
+        return sample_image(before_mm, voxel, padding_mode="border").to(moved_mm)
+
+    for index, (radius, step) in enumerate(zip(radius_voxels, downsample)):
+        mapped_mm = points_mm + before_mm.reshape(ndim, -1).T
+        moving_voxel = apply_affine(moving_voxel_from_fixed_mm, mapped_mm)  # its edge continues, as in the search
+        moving_on_fixed = sample_image(pair.moving, moving_voxel, padding_mode="border").T
+        features = [block_mean(image, step) for image in (fixed_features, mind_ssc(moving_on_fixed.reshape(pair.fixed.shape)))]
+        cell = motion.spacing_voxels * step // downsample[-1]
+        shifts = coupled_displacements(displacement_costs(*features, radius // step, cell // step), radius // step) * step
+        level = motion if index == len(radius_voxels) - 1 else GridMotion(fixed_grid, cell).to(points_mm.device)
+        with torch.no_grad():
+            level.displacement_mm.copy_(torch.einsum("ca,a...->c...", linear, shifts))
+            if level is not motion:  # x -> x + w(x), then the levels before: w(x) + before(x + w(x))
+                own = level(points_mm) - points_mm
+                before_mm = (own + before_at(points_mm + own)).T.reshape(before_mm.shape)
+    # the motion's nodes take the composite: their own shift, then the levels before where it lands
+    nodes = [torch.arange(n, dtype=torch.float64) * motion.spacing_voxels + (motion.spacing_voxels - 1) / 2
+             for n in motion.displacement_mm.shape[1:]]
+    nodes_mm = apply_affine(fixed_grid.mm_from_voxel, torch.stack(torch.meshgrid(*nodes, indexing="ij"), -1).reshape(-1, ndim))
     with torch.no_grad():
-        motion.displacement_mm.copy_(torch.einsum("ca,a...->c...", linear, shifts))
+        own = motion.displacement_mm.reshape(ndim, -1).T
+        composite = own + before_at(nodes_mm.to(own) + own)
+        motion.displacement_mm.copy_(composite.T.reshape(motion.displacement_mm.shape))

@@ -69,7 +69,7 @@ def test_presets_keep_their_stages():
     # what images with too little in common fall back to: a bounded search from the images as placed
     bounded = load_preset("bounded")
     assert stages_of("bounded") == [("bounded", "bounded", "mind")] and bounded["initial_alignment"] == "none"
-    assert bounded["stages"][0]["search_radius_voxels"] == 8 and bounded["stages"][0]["search_downsample"] == 2
+    assert bounded["stages"][0]["search_radius_voxels"] == [8, 8] and bounded["stages"][0]["search_downsample"] == [2, 2]
     assert bounded["stages"][0]["iterations"] == 0 and bounded["motions"]["bounded"]["spacing_voxels"] == 6
     assert all(load_preset(name)["on_weak_evidence"] == "bounded" for name in list_presets())
     deformable, multimodal = load_preset("deformable"), load_preset("multimodal-deformable")
