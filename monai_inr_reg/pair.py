@@ -88,6 +88,13 @@ class ImagePair:
             self._features[key] = self._kept(normalised_patches(self._level(key[1])[0], key[2]))
         return self._features[key]
 
+    def fixed_mask_image(self) -> torch.Tensor | None:
+        """``(1, *S_fixed)`` float 1 inside the fixed mask, 0 outside; None: no mask."""
+        if self.fixed_index is None:
+            return None
+        inside = torch.zeros(self.fixed.numel(), device=self.fixed.device).index_fill_(0, self.fixed_index, 1.0)
+        return inside.reshape(self.fixed.shape)
+
     def in_moving_mask(self, points_voxel: torch.Tensor) -> torch.Tensor:
         """``(P,)`` bool: moving voxel points ``(P, D)`` that fall inside the moving mask (outside the grid: no)."""
         return sample_image(self.moving_mask, points_voxel, mode="nearest")[:, 0] > 0.5

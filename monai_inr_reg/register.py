@@ -206,21 +206,34 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
                            "information %.3g nats), and %s; the alignment may not follow the anatomy (fields of "
                            "view or contents that differ, e.g. MR -> TRUS). %s", -better_start, found,
                            _WEAK_EVIDENCE_ACTION[returned])
-        as_placed = returned in ("as_placed", "bounded")
+        # the similarity cannot judge these images, so neither the fit nor our own start (centre of mass,
+        # search) is evidence: return only what the inputs state, or (bounded, below) a field within bounds
+        as_placed = returned == "as_placed"
         if as_placed:
-            # the similarity cannot judge these images, so neither the fit nor our own start (centre of
-            # mass, search) is evidence: return only what the inputs state
             matrix = torch.eye(pair.ndim + 1, dtype=torch.float64) if initial_transform is None else initial_transform
             motion = make_motion({"model": "affine"}, pair.center_mm, pair.box, matrix, device)
     if bar is not None:
         bar.close()
+    stage_seconds = {"start": start_record["seconds"], **{r["name"]: r["seconds"] for r in records}}
+    ends = [sum(r["iterations"] for r in records[: i + 1]) for i in range(len(records))]
+    stage_ends = [(r["name"], end) for r, end in zip(records, ends)]
+    if returned == "bounded":
+        # registered again from the images as placed; what ran first stays in stages and quality
+        bounded = register_on_grids(fixed_image, fixed_grid, moving_image, moving_grid,
+                                    load_preset("bounded", on_weak_evidence="as_placed"), fixed_mask=fixed_mask,
+                                    moving_mask=moving_mask, initial_transform=initial_transform, seed=seed,
+                                    device=device, progress=False)
+        return dataclasses.replace(
+            bounded, seconds=time.perf_counter() - start, loss_history=history + bounded.loss_history,
+            stages=records + bounded.stages,
+            stage_ends=stage_ends + [(name, len(history) + end) for name, end in bounded.stage_ends],
+            stage_seconds={**stage_seconds, **{f"bounded.{k}": v for k, v in bounded.stage_seconds.items()}},
+            quality={**quality, "bounded": bounded.quality})
     every_voxel = pair.fixed_points_mm if pair.fixed_index is None else None  # computed already, unless masked
     ddf_mm = dense_displacement_mm(motion, fixed_grid, device, points_mm=every_voxel)
     ddf = ddf_voxel_from_ddf_mm(ddf_mm, fixed_grid.mm_from_voxel).to(torch.float32)
-    stage_seconds = {"start": start_record["seconds"], **{r["name"]: r["seconds"] for r in records}}
     stage_seconds["field"] = time.perf_counter() - start - sum(stage_seconds.values())
-    ends = [sum(r["iterations"] for r in records[: i + 1]) for i in range(len(records))]
-    result = RegistrationResult(
+    return RegistrationResult(
         fixed_grid=fixed_grid,
         moving_grid=moving_grid,
         ddf=ddf,
@@ -232,23 +245,9 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
         loss_history=history,
         start=start_record,
         stages=records,
-        stage_ends=[(r["name"], end) for r, end in zip(records, ends)],
+        stage_ends=stage_ends,
         stage_seconds=stage_seconds,
         refined_from_start=any(r["started_from"] == "start" for r in records),
         quality=quality,
         config=config,
     )
-    if returned != "bounded":
-        return result
-    # registered again from the images as placed; what ran first stays in stages and quality
-    bounded = register_on_grids(fixed_image, fixed_grid, moving_image, moving_grid,
-                                load_preset("bounded", on_weak_evidence="as_placed"), fixed_mask=fixed_mask,
-                                moving_mask=moving_mask, initial_transform=initial_transform, seed=seed, device=device,
-                                progress=False)
-    offset = len(result.loss_history)
-    return dataclasses.replace(
-        bounded, seconds=result.seconds + bounded.seconds, loss_history=result.loss_history + bounded.loss_history,
-        stages=result.stages + bounded.stages,
-        stage_ends=result.stage_ends + [(name, offset + end) for name, end in bounded.stage_ends],
-        stage_seconds={**result.stage_seconds, **{f"bounded.{k}": v for k, v in bounded.stage_seconds.items()}},
-        quality={**quality, "bounded": bounded.quality})

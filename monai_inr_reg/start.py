@@ -134,10 +134,11 @@ def bounded_field(pair: ImagePair, fixed_grid: ImageGrid, motion: GridMotion, ra
 
     At each level the moving image is resampled onto the fixed grid through ``motion``'s matrix and
     the field of the levels before; both images get MIND-SSC features
-    (:func:`~monai_inr_reg.core.losses.mind_ssc`, whole images: masks do not enter), averaged over
-    blocks of the level's ``downsample`` voxels per axis; every shift of whole blocks up to the
-    level's radius is scored per cell (:func:`~monai_inr_reg.core.discrete.displacement_costs`) and
-    the shifts are coupled into a smooth field
+    (:func:`~monai_inr_reg.core.losses.mind_ssc`, of the whole images), averaged over blocks of the
+    level's ``downsample`` voxels per axis; every shift of whole blocks up to the level's radius is
+    scored per cell (:func:`~monai_inr_reg.core.discrete.displacement_costs`; with a fixed mask, over
+    the cell's voxels inside it, and a cell with none follows its neighbours; the moving mask does
+    not enter) and the shifts are coupled into a smooth field
     (:func:`~monai_inr_reg.core.discrete.coupled_displacements`), which is composed with the field
     before it. A level's cells hold as many of its blocks as the motion's cells hold of the last
     level's (cells ``spacing * downsample / downsample[-1]`` fixed voxels): a coarse level moves big
@@ -155,7 +156,7 @@ def bounded_field(pair: ImagePair, fixed_grid: ImageGrid, motion: GridMotion, ra
     points_mm = fixed_grid.mm_points(device=pair.fixed.device)
     moving_voxel_from_fixed_mm = (pair.moving_voxel_from_mm @ motion.matrix().to(torch.float64).cpu()).to(points_mm)
     linear = fixed_grid.mm_from_voxel[:ndim, :ndim].to(device=points_mm.device, dtype=torch.float32)
-    fixed_features = mind_ssc(pair.fixed)
+    fixed_features, fixed_mask = mind_ssc(pair.fixed), pair.fixed_mask_image()
     before_mm = torch.zeros((ndim,) + tuple(fixed_grid.shape), device=points_mm.device)  # the levels so far, fixed mm
 
     def before_at(moved_mm):  # the levels before, at fixed LPS mm points (N, D)
@@ -168,7 +169,10 @@ def bounded_field(pair: ImagePair, fixed_grid: ImageGrid, motion: GridMotion, ra
         moving_on_fixed = sample_image(pair.moving, moving_voxel, padding_mode="border").T
         features = [block_mean(image, step) for image in (fixed_features, mind_ssc(moving_on_fixed.reshape(pair.fixed.shape)))]
         cell = motion.spacing_voxels * step // downsample[-1]
-        shifts = coupled_displacements(displacement_costs(*features, radius // step, cell // step), radius // step) * step
+        weight = None if fixed_mask is None else block_mean(fixed_mask, step)  # the share of each block inside
+        costs = displacement_costs(*features, radius // step, cell // step, weight=weight)
+        cell_weight = None if weight is None else block_mean(weight, cell // step)
+        shifts = coupled_displacements(costs, radius // step, weight=cell_weight) * step
         level = motion if index == len(radius_voxels) - 1 else GridMotion(fixed_grid, cell).to(points_mm.device)
         with torch.no_grad():
             level.displacement_mm.copy_(torch.einsum("ca,a...->c...", linear, shifts))

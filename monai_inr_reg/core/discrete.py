@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["shift_table", "displacement_costs", "coupled_displacements", "box_smooth", "block_mean", "COUPLINGS",
-           "TIE_BREAK"]
+           "TIE_BREAK", "weighted_smooth"]
 
 # coupling weights, in cost per squared voxel of the search grid, applied in turn: from almost free
 # cells to a field that follows its neighbours (ConvexAdam-like; MIND-SSC costs are about 0.01-0.1)
@@ -40,7 +40,8 @@ def shift_table(ndim: int, radius: int) -> torch.Tensor:
     return torch.tensor(list(itertools.product(range(-radius, radius + 1), repeat=ndim)), dtype=torch.float32)
 
 
-def displacement_costs(fixed: torch.Tensor, moving: torch.Tensor, radius: int, cell: int) -> torch.Tensor:
+def displacement_costs(fixed: torch.Tensor, moving: torch.Tensor, radius: int, cell: int,
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
     """The mean squared feature difference of each cell under each shift.
 
     Args:
@@ -48,6 +49,9 @@ def displacement_costs(fixed: torch.Tensor, moving: torch.Tensor, radius: int, c
         moving: ``(C, *S)`` moving features on the same grid.
         radius: largest shift per axis (voxels); the moving image's edge voxels continue beyond it.
         cell: cell edge (voxels); the last cell of an axis may be shorter.
+        weight: optional ``(1, *S)`` weights >= 0 of the fixed voxels (a fixed mask): each cell's mean
+            is weighted by them; a cell of zero weight costs 0 under every shift (its neighbours
+            decide, through :func:`coupled_displacements`).
 
     Returns:
         ``(K, *S_cells)``, ``S_cells = ceil(S / cell)``, one row per shift of :func:`shift_table`:
@@ -57,13 +61,21 @@ def displacement_costs(fixed: torch.Tensor, moving: torch.Tensor, radius: int, c
     if moving.shape != fixed.shape:
         raise ValueError(f"displacement_costs(): 'fixed' and 'moving' must have one shape, got {tuple(fixed.shape)} "
                          f"and {tuple(moving.shape)}")
+    if weight is not None and weight.shape != (1,) + fixed.shape[1:]:
+        raise ValueError(f"displacement_costs(): 'weight' must have shape {(1,) + tuple(fixed.shape[1:])}, "
+                         f"got {tuple(weight.shape)}")
     size = fixed.shape[1:]
     padded = F.pad(moving[None], [radius] * (2 * ndim), mode="replicate")[0]
     costs = []
     for shift in itertools.product(range(-radius, radius + 1), repeat=ndim):
         window = (slice(None),) + tuple(slice(radius + s, radius + s + n) for s, n in zip(shift, size))
-        costs.append(block_mean((fixed - padded[window]).pow(2).mean(0, keepdim=True), cell)[0])
-    return torch.stack(costs)
+        squared = (fixed - padded[window]).pow(2).mean(0, keepdim=True)
+        costs.append(block_mean(squared if weight is None else squared * weight, cell)[0])
+    costs = torch.stack(costs)
+    if weight is None:
+        return costs
+    share = block_mean(weight, cell)  # the cell's mean weight
+    return torch.where(share > 0, costs / share.clamp_min(torch.finfo(costs.dtype).tiny), torch.zeros_like(costs))
 
 
 def block_mean(image: torch.Tensor, block: int) -> torch.Tensor:
@@ -80,24 +92,45 @@ def box_smooth(field: torch.Tensor) -> torch.Tensor:
     return _pool(ndim)(F.pad(field[None], [1] * (2 * ndim), mode="replicate"), 3, stride=1)[0]
 
 
-def coupled_displacements(costs: torch.Tensor, radius: int, couplings=COUPLINGS) -> torch.Tensor:
+def weighted_smooth(field: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """:func:`box_smooth` of ``field`` ``(D, *S)`` weighted by ``weight`` ``(1, *S)`` (>= 0): each voxel
+    the weighted mean of its 3^D neighbourhood. Where that holds no weight, the voxel takes the mean
+    of its neighbours that have a value, ring by ring from the weighted ones (all zero when no voxel
+    has weight)."""
+    total = box_smooth(weight)
+    known = (total > 0).to(field.dtype)
+    smoothed = torch.where(total > 0, box_smooth(field * weight) / total.clamp_min(torch.finfo(field.dtype).tiny), 0.0)
+    while bool(known.any()) and not bool(known.all()):
+        count = box_smooth(known)
+        ring = (count > 0) & (known == 0)
+        filled = box_smooth(smoothed * known) / count.clamp_min(torch.finfo(field.dtype).tiny)
+        smoothed, known = torch.where(ring, filled, smoothed), known + ring.to(known.dtype)
+    return smoothed
+
+
+def coupled_displacements(costs: torch.Tensor, radius: int, couplings=COUPLINGS,
+                          weight: torch.Tensor | None = None) -> torch.Tensor:
     """A smooth field of cell shifts from :func:`displacement_costs` ``(K, *S_cells)``.
 
-    Starts from each cell's cheapest shift (ties to the smallest, :data:`TIE_BREAK`); for each coupling weight ``theta`` in turn, the field is
-    smoothed (:func:`box_smooth`) and each cell takes the shift minimising ``cost + theta * |shift -
-    smoothed|^2``. Returns the last field smoothed once more: ``(D, *S_cells)`` float32, voxels,
-    each component within ``[-radius, radius]``.
+    Starts from each cell's cheapest shift (ties to the smallest, :data:`TIE_BREAK`); for each
+    coupling weight ``theta`` in turn, the field is smoothed (:func:`box_smooth`) and each cell takes
+    the shift minimising ``cost + theta * |shift - smoothed|^2``. Returns the last field smoothed once
+    more: ``(D, *S_cells)`` float32, voxels, each component within ``[-radius, radius]``.
+
+    ``weight``: optional ``(1, *S_cells)`` confidence of each cell (the share of it inside a fixed
+    mask): the smoothing is :func:`weighted_smooth`, so a cell of no weight takes the shifts of the
+    nearest cells that have some and gives them nothing back.
     """
     ndim = costs.ndim - 1
     shifts = shift_table(ndim, radius).to(costs.device)
     if shifts.shape[0] != costs.shape[0]:
         raise ValueError(f"coupled_displacements(): {costs.shape[0]} costs per cell, but radius {radius} gives "
                          f"{shifts.shape[0]} shifts in {ndim}D")
+    smooth = box_smooth if weight is None else (lambda field: weighted_smooth(field, weight))
     to_field = (ndim,) + tuple(range(ndim))  # (*S_cells, D) -> (D, *S_cells)
     table = shifts.reshape((-1, ndim) + (1,) * ndim)
     field = shifts[(costs + TIE_BREAK * table.pow(2).sum(1)).argmin(0)].permute(to_field)
     for theta in couplings:
-        smoothed = box_smooth(field)
-        distance = (table - smoothed[None]).pow(2).sum(1)
+        distance = (table - smooth(field)[None]).pow(2).sum(1)
         field = shifts[(costs + float(theta) * distance).argmin(0)].permute(to_field)
-    return box_smooth(field)
+    return smooth(field)
