@@ -156,7 +156,10 @@ def bounded_field(pair: ImagePair, fixed_grid: ImageGrid, motion: GridMotion, ra
     points_mm = fixed_grid.mm_points(device=pair.fixed.device)
     moving_voxel_from_fixed_mm = (pair.moving_voxel_from_mm @ motion.matrix().to(torch.float64).cpu()).to(points_mm)
     linear = fixed_grid.mm_from_voxel[:ndim, :ndim].to(device=points_mm.device, dtype=torch.float32)
-    fixed_features, fixed_mask = mind_ssc(pair.fixed), pair.fixed_mask_image()
+    fixed_features = mind_ssc(pair.fixed)  # averaged once per block size; the full one is large (12 channels)
+    fixed_blocks = {step: block_mean(fixed_features, step) for step in set(downsample)}
+    del fixed_features
+    fixed_mask = pair.fixed_mask_image()
     before_mm = torch.zeros((ndim,) + tuple(fixed_grid.shape), device=points_mm.device)  # the levels so far, fixed mm
 
     def before_at(moved_mm):  # the levels before, at fixed LPS mm points (N, D)
@@ -164,13 +167,13 @@ def bounded_field(pair: ImagePair, fixed_grid: ImageGrid, motion: GridMotion, ra
         return sample_image(before_mm, voxel, padding_mode="border").to(moved_mm)
 
     for index, (radius, step) in enumerate(zip(radius_voxels, downsample)):
-        mapped_mm = points_mm + before_mm.reshape(ndim, -1).T
-        moving_voxel = apply_affine(moving_voxel_from_fixed_mm, mapped_mm)  # its edge continues, as in the search
-        moving_on_fixed = sample_image(pair.moving, moving_voxel, padding_mode="border").T
-        features = [block_mean(image, step) for image in (fixed_features, mind_ssc(moving_on_fixed.reshape(pair.fixed.shape)))]
+        moving_voxel = apply_affine(moving_voxel_from_fixed_mm, points_mm + before_mm.reshape(ndim, -1).T)
+        moving_on_fixed = sample_image(pair.moving, moving_voxel, padding_mode="border")  # its edge continues, as in the search
+        del moving_voxel
+        moving_blocks = block_mean(mind_ssc(moving_on_fixed.T.reshape(pair.fixed.shape)), step)
         cell = motion.spacing_voxels * step // downsample[-1]
         weight = None if fixed_mask is None else block_mean(fixed_mask, step)  # the share of each block inside
-        costs = displacement_costs(*features, radius // step, cell // step, weight=weight)
+        costs = displacement_costs(fixed_blocks[step], moving_blocks, radius // step, cell // step, weight=weight)
         cell_weight = None if weight is None else block_mean(weight, cell // step)
         shifts = coupled_displacements(costs, radius // step, weight=cell_weight) * step
         level = motion if index == len(radius_voxels) - 1 else GridMotion(fixed_grid, cell).to(points_mm.device)
