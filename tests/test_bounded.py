@@ -144,6 +144,27 @@ def test_searches_run_coarse_to_fine_each_from_where_the_last_landed():
     assert one > 2.0 and coarse_to_fine < 1.0 and preset < 0.6 * one, (one, coarse_to_fine, preset)
 
 
+def test_the_command_line_takes_search_levels_and_a_fixed_mask(tmp_path):
+    """``monai-inr-reg register`` on NIfTI files with ``--set`` lists for the search's levels and a
+    ``--fixed-mask`` file writes the field ``register()`` returns for the same files and options."""
+    from monai_inr_reg.cli import main
+
+    paths = shifted_pair_files(tmp_path, (12.0, -6.0, 4.0))
+    mask = np.zeros((32, 36, 28), dtype=np.float32)
+    mask[4:-4, 4:-4, 4:-4] = 1.0
+    paths.append(str(tmp_path / "mask.nii.gz"))
+    nib.save(nib.Nifti1Image(mask, np.diag([-1.2, 1.2, 1.5, 1.0])), paths[-1])
+    levels = {"search_radius_voxels": [16, 8], "search_downsample": [4, 2]}
+    code = main(["register", paths[0], paths[1], "--fixed-mask", paths[2], "-o", str(tmp_path / "out"), "--id", "pair",
+                 "--preset", "bounded", "--no-itk", "--outputs", "ddf,metrics",
+                 "--set", "stages.bounded.search_radius_voxels=[16, 8]", "--set", "stages.bounded.search_downsample=[4, 2]"])
+    assert code == 0
+    written = nib.load(str(tmp_path / "out" / "pair" / "ddf.nii.gz")).get_fdata()  # (*S, D), the components last
+    result = register(paths[0], paths[1], "bounded", fixed_mask=paths[2], stages={"bounded": levels})
+    assert float(result.ddf.abs().max()) > 8.0  # farther than one search of 8 reaches
+    assert np.allclose(np.moveaxis(written, -1, 0), result.ddf.numpy(), atol=1e-4)
+
+
 @pytest.mark.parametrize("overrides, match", [
     ({"stages": {"bounded": {"search_radius_voxels": [5, 8]}}}, r"each 'search_radius_voxels' \[5, 8\] must be a multiple of its"),
     ({"stages": {"bounded": {"search_radius_voxels": 8, "search_downsample": [4, 2]}}}, "must be one integer each or lists of one length"),
