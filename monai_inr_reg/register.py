@@ -223,11 +223,12 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
                                     load_preset("bounded", on_weak_evidence="as_placed"), fixed_mask=fixed_mask,
                                     moving_mask=moving_mask, initial_transform=initial_transform, seed=seed,
                                     device=device, progress=False)
+        again = {f"bounded.{name}": seconds for name, seconds in bounded.stage_seconds.items() if name != "field"}
         return dataclasses.replace(
             bounded, seconds=time.perf_counter() - start, loss_history=history + bounded.loss_history,
             stages=records + bounded.stages,
             stage_ends=stage_ends + [(name, len(history) + end) for name, end in bounded.stage_ends],
-            stage_seconds={**stage_seconds, **{f"bounded.{k}": v for k, v in bounded.stage_seconds.items()}},
+            stage_seconds={**stage_seconds, **again, "field": bounded.stage_seconds["field"]},
             quality={**quality, "bounded": bounded.quality})
     every_voxel = pair.fixed_points_mm if pair.fixed_index is None else None  # computed already, unless masked
     ddf_mm = dense_displacement_mm(motion, fixed_grid, device, points_mm=every_voxel)

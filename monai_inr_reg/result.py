@@ -53,7 +53,8 @@ class RegistrationResult:
             that compares the real images: its data term at its start and end, and ``kept_start``
             when it ended worse and handed on its start (the guard); None for image-net stages.
         stage_ends: index into ``loss_history`` where each stage ended, with its name.
-        stage_seconds: wall time per stage name, ``"start"`` (set-up and the initial alignment) and ``"field"`` (the dense output field).
+        stage_seconds: wall time per stage name, ``"start"`` (set-up and the initial alignment) and ``"field"`` (the dense output field);
+            after the ``bounded`` fallback, its set-up and stage as ``"bounded.start"`` and ``"bounded.bounded"``.
         refined_from_start: a stage continued from the initial alignment rather than from the stages
             before it (``started_from == "start"``): an image-net stage that ran away was dropped.
         quality: how well the images match, by the last stage's data term that compares the real

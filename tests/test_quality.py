@@ -155,6 +155,10 @@ def test_weak_evidence_registers_again_within_bounds_or_returns_the_images_as_pl
     assert -quality["no_registration"] < 0.1 and -quality["final"] < 0.45 and quality["skipped"] == ["deformable"]
     assert bounded.motion == "bounded" and not bounded.parametric
     assert [s["name"] for s in bounded.stages] == ["rigid", "rigid_refine", "affine", "bounded"]
+    # the time of both runs; one dense field, the returned one's
+    assert set(bounded.stage_seconds) == {"start", "rigid", "rigid_refine", "affine", "bounded.start", "bounded.bounded",
+                                          "field"}
+    assert sum(bounded.stage_seconds.values()) <= bounded.seconds + 1e-6
     assert quality["bounded"]["metric"] == "mind" and bounded.start["alignment"] == "none"
     assert float(bounded.ddf.abs().max()) <= 16.0 + 1e-4  # the bounded preset's reach: two searches of 8 voxels
     assert "Registered again from the images as placed" in caplog.text
