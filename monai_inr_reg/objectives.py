@@ -211,7 +211,8 @@ _WEAK_GAIN = 3.0
 _WEAK_POSE_NATS = 0.45
 
 
-def match_quality(pair: ImagePair, motion, initial: torch.Tensor | None, stage: dict) -> dict:
+def match_quality(pair: ImagePair, motion, initial: torch.Tensor | None, stage: dict, *,
+                  starts: dict | None = None) -> dict:
     """How well the images match by ``stage``'s objective (a :class:`Similarity` on the sharp images,
     lower is better) with no registration (the grids placed through their affines), at the start of
     the first stage (``initial``; None: identity), and at the end (``motion``); ``suspect`` when the
@@ -220,25 +221,32 @@ def match_quality(pair: ImagePair, motion, initial: torch.Tensor | None, stage: 
     the images at the better start share little information (under ``_WEAK_START_NATS``) and the
     registration, ending with a field (a hash or grid motion), multiplied it by more than
     ``_WEAK_GAIN``: the field made most of the match it reports. A rigid or affine map that does so
-    has found the images (it has too few degrees of freedom to make a match)."""
+    has found the images (it has too few degrees of freedom to make a match). ``starts``: an earlier
+    result of this function for the same pair and stage, whose two starts are taken as they are."""
     similarity = Similarity(pair, stage)
-    start = torch.eye(pair.ndim + 1, dtype=torch.float64) if initial is None else initial
-    no_registration = similarity.score(lambda points: points)
-    at_start = similarity.score(lambda points: apply_affine(start, points))
+    if starts is None:
+        start = torch.eye(pair.ndim + 1, dtype=torch.float64) if initial is None else initial
+        no_registration = similarity.score(lambda points: points)
+        at_start = similarity.score(lambda points: apply_affine(start, points))
+    else:
+        no_registration, at_start = starts["no_registration"], starts["start"]
     final = similarity.score(motion)
     best = min(no_registration, at_start)
     suspect = bool(math.isfinite(best) and final > best + _SUSPECT_MARGIN * abs(best))
-    weak = bool(stage["objective"] == "mutual_information" and isinstance(motion, (HashMotion, GridMotion))
-                and math.isfinite(best) and -best < _WEAK_START_NATS  # minus MI: lower is better
-                and final < _WEAK_GAIN * best)
+    weak = bool(isinstance(motion, (HashMotion, GridMotion)) and _shares_little(stage["objective"], best)
+                and final < _WEAK_GAIN * best)  # minus MI: lower is better
     return {"metric": stage["objective"], "no_registration": no_registration, "start": at_start, "final": final,
             "suspect": suspect, "weak_evidence": weak}
+
+
+def _shares_little(metric: str, best: float) -> bool:
+    """The better start's mutual information (``best``: minus nats) is under ``_WEAK_START_NATS``."""
+    return metric == "mutual_information" and math.isfinite(best) and -best < _WEAK_START_NATS
 
 
 def weak_after_pose(quality: dict) -> bool:
     """Whether a :func:`match_quality` taken after the pose stages (``final``: the pose reached) shows
     weak evidence already: mutual information under ``_WEAK_START_NATS`` at the better start and under
     ``_WEAK_POSE_NATS`` at the pose. A field fitted from there would make most of the match it reports."""
-    best = min(quality["no_registration"], quality["start"])
-    return bool(quality["metric"] == "mutual_information" and math.isfinite(best) and -best < _WEAK_START_NATS
+    return bool(_shares_little(quality["metric"], min(quality["no_registration"], quality["start"]))
                 and -quality["final"] < _WEAK_POSE_NATS)

@@ -144,7 +144,7 @@ def initial_matrix(pair: ImagePair, fixed_grid: ImageGrid, moving_grid: ImageGri
         return None
     fixed, moving = pair.fixed, pair.moving
     if pair.fixed_index is not None:
-        fixed = torch.zeros_like(fixed).reshape(-1).index_copy(0, pair.fixed_index, pair.fixed_values).reshape(fixed.shape)
+        fixed = fixed * pair.fixed_mask_image()
     if pair.moving_mask is not None:
         moving = moving * pair.moving_mask
     matrix = torch.eye(fixed_grid.ndim + 1, dtype=torch.float64)

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 _WEAK_EVIDENCE_ACTION = {  # what the warning says was done, by `on_weak_evidence`
     "bounded": "Registered again from the images as placed (their headers, or the initial_transform given) with "
-               "the 'bounded' preset, which moves nothing farther than its search radius; on_weak_evidence='warn' "
+               "the 'bounded' preset, which moves nothing farther than its searches reach; on_weak_evidence='warn' "
                "returns the first registration.",
     "as_placed": "Returned the images as placed (their headers, or the initial_transform given); "
                  "on_weak_evidence='warn' returns the registration.",
@@ -150,7 +150,7 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
         classical = [s for s in config["stages"] if s["objective"] != "image_net"]
         quality_stage = classical[-1] if classical else QUALITY_STAGE
         final_parametric = config["motions"][config["stages"][-1]["motion"]]["model"] in PARAMETRIC_MODELS
-        quality = None
+        quality, early = None, None
         for index, stage in enumerate(config["stages"]):
             motion_config = config["motions"][stage["motion"]]
             if (motion_config["model"] not in PARAMETRIC_MODELS and motion_name is not None
@@ -188,8 +188,8 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
             if len(candidates) > 1 and records[-1]["started_from"] == "start":
                 logger.info("monai_inr_reg: stage %r matched the images better when started from the initial alignment "
                             "than from the previous stages' result; it continued from there", stage["name"])
-        if quality is None:
-            quality = match_quality(pair, motion, initial, quality_stage)
+        if quality is None:  # the early look scored the starts already
+            quality = match_quality(pair, motion, initial, quality_stage, starts=early)
         better_start = min(quality["no_registration"], quality["start"])
         if quality["suspect"]:
             logger.warning("monai_inr_reg: SUSPECT result: the images match worse after the registration (%s %.4g) "
