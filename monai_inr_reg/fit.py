@@ -60,15 +60,18 @@ def converged(losses: list[float], window: int, tolerance: float) -> bool:
     return -slope * window < tolerance * max(abs(mean_l), 1e-12)
 
 
-def fixed_points_per_iteration(stage: dict, motion, level: int = 0) -> int:
+def fixed_points_per_iteration(stage: dict, motion, level: int = 0, levels_on: int | None = None) -> int:
     """``fixed_points`` (of ``level`` when it is a list), and with ``fixed_points_cover_table`` (hash
-    motions) at least one per stored entry of the finest level (``min((R + 1)^D, 2^log2_hashmap_size)``),
-    so that every entry gets a gradient about every iteration (3D brains: 300 x 4096 points gave
-    Dice 0.69, 300 x 16384 0.72)."""
+    motions) at least one per stored entry of the finest hash level in use (``min((R + 1)^D,
+    2^log2_hashmap_size)``; ``levels_on``: how many are, coarsest first; None: all), so that every
+    entry gets a gradient about every iteration (3D brains: 300 x 4096 points gave Dice 0.69,
+    300 x 16384 0.72). While a coarse-to-fine schedule has the fine levels off, their entries get
+    no gradient, and points to cover them would buy nothing."""
     points = stage["fixed_points"]
     points = int(points[level] if isinstance(points, (list, tuple)) else points)
     if stage.get("fixed_points_cover_table") and isinstance(motion, HashMotion):
-        points = max(points, motion.net.encoding.spec.sizes[-1])
+        sizes = motion.net.encoding.spec.sizes
+        points = max(points, sizes[(len(sizes) if levels_on is None else max(levels_on, 1)) - 1])
     return points
 
 
@@ -116,7 +119,8 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
     finest = float(motion_config["encoding"]["finest_resolution"]) if "encoding" in motion_config else 0.0
     device = pair.fixed_values.device
 
-    def run_level(motion, optimizer, steps: int, done: int, level_factor: float, show: bool, n_batch: int) -> list[float]:
+    def run_level(motion, optimizer, steps: int, done: int, level_factor: float, show: bool, n_batch: int,
+                  level: int) -> list[float]:
         is_hash = isinstance(motion, HashMotion)
         penalised = is_hash and penalises_field(stage)  # displacement gradients at half the finest motion cell
         rough_weight = float(stage.get("smoothness_weight", 0.0)) if isinstance(motion, GridMotion) else 0.0
@@ -125,12 +129,13 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
             factor = learning_rate_factor(done, total, final, warmup) if whole else learning_rate_factor(step, steps, final, warmup)
             for group in optimizer.param_groups:
                 group["lr"] = (level_factor * group["base_lr"]) * factor if group["scale"] else group["base_lr"]
-            weights = None
+            weights, n_points = None, n_batch
             if is_hash and share > 0:
-                weights = level_weights(min(1.0, (done + 1) / (share * total)) * motion.net.n_levels,
-                                        motion.net.n_levels).to(device)
-            if n_batch < n_fixed:
-                index = torch.randint(n_fixed, (n_batch,), generator=generator, device=device)
+                alpha = min(1.0, (done + 1) / (share * total)) * motion.net.n_levels
+                weights = level_weights(alpha, motion.net.n_levels).to(device)
+                n_points = min(n_batch, fixed_points_per_iteration(stage, motion, level, math.ceil(alpha)))
+            if n_points < n_fixed:
+                index = torch.randint(n_fixed, (n_points,), generator=generator, device=device)
                 # index_select: 3x faster than advanced indexing for these row gathers (measured)
                 fixed_mm, fixed_values = pair.fixed_points_mm.index_select(0, index), objective.fixed_values.index_select(0, index)
             else:
@@ -172,11 +177,11 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
             runs = []
             for index, (motion, optimizer) in enumerate(zip(candidates, optimizers)):
                 generator.set_state(state)  # every candidate sees the same points
-                losses = run_level(motion, optimizer, steps, done, level_factor, index == 0, n_batch)
+                losses = run_level(motion, optimizer, steps, done, level_factor, index == 0, n_batch, level)
                 runs.append((objective.score(motion), index, losses))
             _, chosen, losses = min(runs)
         else:
-            losses = run_level(candidates[chosen], optimizers[chosen], steps, done, level_factor, True, n_batch)
+            losses = run_level(candidates[chosen], optimizers[chosen], steps, done, level_factor, True, n_batch, level)
         history.extend(losses)
         done += steps
     if not scored:

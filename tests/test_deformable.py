@@ -221,7 +221,53 @@ def test_refinement_points_cover_the_finest_motion_level():
         grid = ImageGrid.from_ras_affine((8,) * ndim, None)
         motion = HashMotion(NormalisedBox.around(grid, grid), encoding, {"n_neurons": 16, "n_hidden_layers": 1})
         assert fixed_points_per_iteration(stage, motion) == expected
+        assert fixed_points_per_iteration(stage, motion, levels_on=8) == expected
+        assert fixed_points_per_iteration(stage, motion, levels_on=1) == 4096  # 5^D vertices: the floor
         assert fixed_points_per_iteration({**stage, "fixed_points_cover_table": False}, motion) == 4096
+
+
+def test_points_cover_only_the_hash_levels_in_use():
+    """While the coarse-to-fine schedule has fine levels off, a step gets the stage's fixed_points or one
+    per entry of the finest level on, whichever is more; once every level is on, the whole table."""
+    import math
+
+    from monai_inr_reg.config import resolve_stage
+    from monai_inr_reg.core.encoding import level_weights
+    from monai_inr_reg.core.grid import ImageGrid
+    from monai_inr_reg.fit import fit_stage
+    from monai_inr_reg.motion import make_motion
+    from monai_inr_reg.pair import prepare_pair
+
+    image = textured((32, 32, 32))
+    grid = ImageGrid.from_ras_affine(image.shape[1:], None)
+    pair = prepare_pair(image, grid, image, grid, load_preset("deformable"), "cpu")
+    stage, motion_config = resolve_stage({"motion": "deformable", "objective": "mutual_information", "iterations": 40,
+                                          "coarse_to_fine_share": 0.5, "fixed_points": 1024,
+                                          "fixed_points_cover_table": True})
+    motion = make_motion(motion_config, pair.center_mm, pair.box, None, "cpu")
+    sizes = motion.net.encoding.spec.sizes
+    assert sizes[:4] == (125, 216, 729, 2744) and sizes[-1] == 2 ** 14  # dense coarse levels, then the table
+
+    class CountingObjective:  # the stage's data term would do; this one also counts each step's points
+        def __init__(self):
+            self.fixed_values, self.counts = pair.fixed_values, []
+
+        def parameter_groups(self):
+            return []
+
+        def set_level(self, sigma):
+            pass
+
+        def __call__(self, moved_mm, fixed_values, **kwargs):
+            self.counts.append(moved_mm.shape[0])
+            return (moved_mm - pair.fixed_points_mm[:1]).pow(2).mean()
+
+    objective = CountingObjective()
+    fit_stage(pair, stage, [motion], motion_config, objective, iterations_scale=1.0, generator=torch.Generator().manual_seed(0))
+    levels_on = [math.ceil(min(1.0, (step + 1) / 20) * 8) for step in range(40)]
+    assert [int((level_weights(min(1.0, (step + 1) / 20) * 8, 8) > 0).sum()) for step in range(40)] == levels_on
+    assert objective.counts == [max(1024, sizes[n - 1]) for n in levels_on]
+    assert objective.counts[0] == 1024 and objective.counts[-1] == 2 ** 14 and objective.counts == sorted(objective.counts)
 
 
 def test_unknown_objective_is_named():
