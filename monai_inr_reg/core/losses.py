@@ -110,7 +110,7 @@ class _HatJoint(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, frac_a, frac_b, index_a, index_b, n_bins):
-        up_a, up_b = frac_a.detach().to(torch.float64), frac_b.detach().to(torch.float64)
+        up_a, up_b = frac_a.to(torch.float64), frac_b.to(torch.float64)  # forward runs without autograd
         down_a, down_b = 1.0 - up_a, 1.0 - up_b
         corner = index_a * n_bins + index_b  # bin (i, j) of the lower knots; + 1: j + 1; + n_bins: i + 1
         joint = torch.bincount(torch.cat([corner, corner + 1, corner + n_bins, corner + n_bins + 1]),
