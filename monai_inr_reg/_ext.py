@@ -31,9 +31,10 @@ from pathlib import Path
 import torch
 
 from .core.encoding import HashGridSpec, _check_inputs
+from .core.mlp import MLPSpec
 
-__all__ = ["kernel_available", "kernel_disabled", "hash_grid_encode_kernel", "ENV_SWITCH", "build_info",
-           "build_directory"]
+__all__ = ["kernel_available", "kernel_disabled", "hash_grid_encode_kernel", "mlp_kernel_supports",
+           "mlp_forward_kernel", "sample_kernel_supports", "sample_linear_kernel", "ENV_SWITCH", "build_info", "build_directory"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +106,9 @@ def _build() -> None:
                 errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip()[:300]}")
         else:
             raise RuntimeError("; ".join(errors))
-        if not hasattr(torch.ops.monai_inr_reg, "hash_grid_fwd"):
-            raise RuntimeError("the built library did not register torch.ops.monai_inr_reg.hash_grid_fwd")
+        missing = [op for op in ("hash_grid_fwd", "mlp_fwd", "sample_linear_fwd") if not hasattr(torch.ops.monai_inr_reg, op)]
+        if missing:
+            raise RuntimeError(f"the built library did not register torch.ops.monai_inr_reg.{missing}")
     except Exception as exc:  # no compiler, no ninja, compile error, ...: fall back, say why
         _STATE.update(ok=False, error=f"{type(exc).__name__}: {str(exc).strip()[:600]}")
         logger.warning("monai_inr_reg: compiled hash-grid kernel unavailable (%s); using the pure-PyTorch path. "
@@ -191,3 +193,91 @@ def hash_grid_encode_kernel(points_unit: torch.Tensor, params: torch.Tensor, spe
         return (out.view(out.shape[0], spec.n_levels, -1) * w).view(out.shape[0], -1)
     weights = _ones(spec.n_levels, params.dtype) if level_weights is None else level_weights.detach().to(params.dtype).contiguous()
     return _HashGridFunction.apply(x, params, weights, levels, spec.n_features, spec.log2_hashmap_size)
+
+
+class _MLPFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, features, *params):  # the weights, then the biases
+        ctx.save_for_backward(features, *params)
+        n = len(params) // 2
+        return torch.ops.monai_inr_reg.mlp_fwd(features, list(params[:n]), list(params[n:]))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        features, *params = ctx.saved_tensors
+        n = len(params) // 2
+        grads = torch.ops.monai_inr_reg.mlp_bwd(grad_out, features, params[:n], params[n:], ctx.needs_input_grad[0])
+        return (grads[0] if ctx.needs_input_grad[0] else None, *grads[1:])
+
+
+MLP_KERNEL_MAX_WIDTH = 32  # wider layers: torch's matrix products are faster (64 wide: 2x, measured)
+
+
+def mlp_kernel_supports(features: torch.Tensor, weights: list[torch.Tensor], spec: MLPSpec) -> bool:
+    """Whether :func:`mlp_forward_kernel` computes this MLP, and faster than PyTorch: CPU float32,
+    ReLU hidden layers at most :data:`MLP_KERNEL_MAX_WIDTH` wide, a linear output."""
+    return (features.device.type == "cpu" and features.dtype == torch.float32 and features.dim() == 2
+            and spec.activation == "ReLU" and spec.output_activation == "None"
+            and max(spec.widths) <= MLP_KERNEL_MAX_WIDTH
+            and all(w.device.type == "cpu" and w.dtype == torch.float32 for w in weights))
+
+
+def mlp_forward_kernel(features: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor],
+                       spec: MLPSpec) -> torch.Tensor:
+    """:func:`~monai_inr_reg.core.mlp.mlp_forward` with the compiled kernel: each tile of 16 points
+    goes through every layer, forward and backward, while it is in the L1 cache. Same values and
+    gradients up to rounding; the gradients of the weights are the same bits at any thread count.
+
+    Raises:
+        RuntimeError: the kernel is unavailable. ValueError: :func:`mlp_kernel_supports` is false.
+    """
+    if not kernel_available():
+        raise RuntimeError(f"mlp_forward_kernel(): the compiled kernel is unavailable ({_STATE['error'] or ENV_SWITCH + ' is set'})")
+    if not mlp_kernel_supports(features, weights, spec):
+        raise ValueError("mlp_forward_kernel(): needs CPU float32 tensors, ReLU hidden layers and a linear output, got "
+                         f"{features.dtype} on {features.device}, activation {spec.activation!r} / {spec.output_activation!r}")
+    return _MLPFunction.apply(features, *weights, *biases)
+
+
+class _SampleLinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, image, points, border):
+        ctx.save_for_backward(image, points)
+        ctx.border = border
+        return torch.ops.monai_inr_reg.sample_linear_fwd(image, points, border)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        image, points = ctx.saved_tensors
+        if not ctx.needs_input_grad[1]:
+            return None, None, None
+        return None, torch.ops.monai_inr_reg.sample_linear_bwd(grad_out, image, points, ctx.border), None
+
+
+def sample_kernel_supports(image: torch.Tensor, points_voxel: torch.Tensor, mode: str, padding_mode: str) -> bool:
+    """Whether :func:`sample_linear_kernel` computes this sampling: linear interpolation with zeros
+    or border padding of a 2D or 3D CPU float32 image that needs no gradient."""
+    return (mode == "bilinear" and padding_mode in ("zeros", "border") and image.device.type == "cpu"
+            and image.dtype == torch.float32 and not image.requires_grad and image.dim() in (3, 4)
+            and points_voxel.device.type == "cpu" and points_voxel.dim() == 2 and points_voxel.shape[1] == image.dim() - 1)
+
+
+def sample_linear_kernel(image: torch.Tensor, points_voxel: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
+    """:func:`~monai_inr_reg.core.sample.sample_image` (``mode="bilinear"``) with the compiled kernel:
+    ``image`` ``(C, *S)`` at voxel points ``(P, D)`` (array order) -> ``(P, C)``, differentiable with
+    respect to the points only. The same values as ``grid_sample`` up to rounding; each point on
+    its own (the same bits at any thread count).
+
+    Raises:
+        RuntimeError: the kernel is unavailable. ValueError: :func:`sample_kernel_supports` is false.
+    """
+    if not kernel_available():
+        raise RuntimeError(f"sample_linear_kernel(): the compiled kernel is unavailable ({_STATE['error'] or ENV_SWITCH + ' is set'})")
+    points = points_voxel.to(image.dtype) if points_voxel.dtype != image.dtype else points_voxel
+    if not sample_kernel_supports(image, points, "bilinear", padding_mode):
+        raise ValueError("sample_linear_kernel(): needs a (C, *S) CPU float32 image without gradient, (P, D) points and "
+                         f"zeros or border padding, got image {tuple(image.shape)} {image.dtype} on {image.device}, "
+                         f"points {tuple(points_voxel.shape)}, padding {padding_mode!r}")
+    return _SampleLinearFunction.apply(image, points, padding_mode == "border")

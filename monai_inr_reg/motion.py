@@ -86,17 +86,30 @@ class HashMotion(nn.Module):
         self.box = box
         self.net = CoordinateNet(ndim, ndim, encoding, network, zero_init_output=True)
         self.register_buffer("base", torch.eye(ndim + 1, dtype=torch.float64) if init is None else init.to(torch.float64))
+        # float32 copies of the box and the matrix for the float32 points of the fits (each call would convert them)
+        self.register_buffer("base_float", self.base.to(torch.float32), persistent=False)
+        self.register_buffer("box_low_float", box.low_mm.to(torch.float32), persistent=False)
+        self.scale = box.scale_mm()
 
     def matrix(self) -> torch.Tensor:
         return self.base
+
+    def _to_unit(self, points_mm: torch.Tensor) -> torch.Tensor:
+        """:meth:`~monai_inr_reg.core.grid.NormalisedBox.to_unit` (the box is a cube of edge ``scale``)."""
+        if points_mm.dtype != torch.float32:
+            return self.box.to_unit(points_mm)
+        return (points_mm - self.box_low_float) / self.scale
+
+    def _base_map(self, points_mm: torch.Tensor) -> torch.Tensor:
+        return apply_affine(self.base_float if points_mm.dtype == torch.float32 else self.base, points_mm)
 
     def displacement_unit(self, points_unit: torch.Tensor, level_weights: torch.Tensor | None = None) -> torch.Tensor:
         """The net's residual displacement, box units, ``(P, D)``, at box points ``(P, D)``."""
         return self.net(points_unit, level_weights)
 
     def forward(self, points_mm: torch.Tensor, level_weights: torch.Tensor | None = None) -> torch.Tensor:
-        residual = self.displacement_unit(self.box.to_unit(points_mm), level_weights)
-        return apply_affine(self.base, points_mm) + residual * self.box.scale_mm()
+        residual = self.displacement_unit(self._to_unit(points_mm), level_weights)
+        return self._base_map(points_mm) + residual * self.scale
 
     def moved_and_gradient(self, points_mm: torch.Tensor, level_weights: torch.Tensor | None, n_gradient: int,
                            step_unit: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,16 +118,15 @@ class HashMotion(nn.Module):
         ``n = min(n_gradient, P)`` points: forward differences with a step of ``step_unit`` box units,
         box units on both sides, so ``G`` is dimensionless (the box is isotropic: the same in mm).
         One evaluation of the net for all of it (the shifted points ride along with the others)."""
-        unit = self.box.to_unit(points_mm)
+        unit = self._to_unit(points_mm)
         n_points, ndim = unit.shape
         n = min(n_gradient, n_points)
-        shifted = unit[:n].repeat(ndim, 1).reshape(ndim, n, ndim)
-        for axis in range(ndim):
-            shifted[axis, :, axis] += step_unit
-        out = self.displacement_unit(torch.cat([unit, shifted.reshape(ndim * n, ndim)]), level_weights)
+        steps = torch.eye(ndim, dtype=unit.dtype, device=unit.device)[:, None, :] * step_unit  # (axis, 1, D)
+        shifted = (unit[None, :n] + steps).reshape(ndim * n, ndim)
+        out = self.displacement_unit(torch.cat([unit, shifted]), level_weights)
         residual = out[:n_points]
         gradient = ((out[n_points:].reshape(ndim, n, ndim) - residual[:n]) / step_unit).permute(1, 2, 0)
-        return apply_affine(self.base, points_mm) + residual * self.box.scale_mm(), gradient
+        return self._base_map(points_mm) + residual * self.scale, gradient
 
 
 class GridMotion(nn.Module):

@@ -151,9 +151,19 @@ class CoordinateNet(nn.Module):
                 self.biases[-1].zero_()
 
     def forward(self, points_unit: torch.Tensor, level_weights: torch.Tensor | None = None) -> torch.Tensor:
-        """``(P, D)`` points in ``[0, 1]^D`` -> ``(P, n_output_dims)``; ``level_weights`` ``(L,)`` optional."""
+        """``(P, D)`` points in ``[0, 1]^D`` -> ``(P, n_output_dims)``; ``level_weights`` ``(L,)`` optional.
+
+        The MLP runs in the compiled kernel where the encoding would (CPU, backend not "torch") and
+        the kernel computes it (:func:`monai_inr_reg._ext.mlp_kernel_supports`); else in PyTorch."""
         features = self.encoding(points_unit, level_weights)
-        return mlp_forward(features, list(self.weights), list(self.biases), self.mlp_spec)
+        weights, biases = list(self.weights), list(self.biases)
+        if self.encoding.tcnn is None and self.encoding.backend != "torch" and features.device.type == "cpu":
+            from . import _ext
+
+            if _ext.mlp_kernel_supports(features, weights, self.mlp_spec) and (
+                    self.encoding.backend == "kernel" or _ext.kernel_available()):
+                return _ext.mlp_forward_kernel(features, weights, biases, self.mlp_spec)
+        return mlp_forward(features, weights, biases, self.mlp_spec)
 
     def encoding_parameters(self) -> list[nn.Parameter]:
         """The hash tables (give them their own, larger learning rate)."""

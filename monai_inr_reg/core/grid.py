@@ -103,6 +103,8 @@ def apply_affine(matrix: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Apply a homogeneous ``(D + 1, D + 1)`` matrix to points ``(P, D)``; result in the points' dtype."""
     m = matrix.to(device=points.device, dtype=points.dtype)
     d = points.shape[-1]
+    if points.ndim == 2:
+        return torch.addmm(m[:d, d], points, m[:d, :d].T)  # one operation: this runs several times an iteration
     return points @ m[:d, :d].T + m[:d, d]
 
 

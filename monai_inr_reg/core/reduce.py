@@ -50,6 +50,8 @@ def row_sum(a: torch.Tensor) -> torch.Tensor:
     """``a.sum(0)`` for ``a`` ``(P, M)``: ``(M,)``, in blocks of :data:`ROW_BLOCK` rows added pairwise
     (a product with a column of ones would be split between threads for small ``M``)."""
     rows = a.shape[0]
+    if rows == 0:
+        return a.sum(0)  # zeros
     full = rows // ROW_BLOCK * ROW_BLOCK
     parts = a[:full].reshape(-1, ROW_BLOCK, a.shape[1]).sum(1)
     if full < rows:

@@ -389,6 +389,466 @@ std::tuple<at::Tensor, at::Tensor> hash_grid_bwd(const at::Tensor& grad_out, con
   return {grad_params, grad_points};
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Coordinate MLP (ReLU hidden layers, linear output), forward and backward, fused over tiles of
+// kLanes points: a tile's activations stay in L1 from the input to the output and back, where
+// separate matrix products would stream (P, width) buffers through memory once per operation.
+// Same maths as monai_inr_reg/core/mlp.py (nn.Linear layout: W (out, in), b (out,)).
+// Determinism: the weight gradients are summed per block of kMlpBlock points (tiles in order,
+// the lanes added pairwise at the block's end), and the blocks' sums added pairwise in a fixed
+// tree, so the result depends on the number of points alone, not on the thread count.
+
+constexpr int kLanes = 8;              // points per tile: one AVX2 vector per feature (16: 3-9x slower, not one vector)
+constexpr int64_t kMlpBlock = 512;     // points per weight-gradient partial sum
+// one feature of a tile's kLanes points (GCC / Clang vector extension: the compiler emits the
+// widest vectors the target has; the same loops written over an index were not vectorised)
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
+
+struct MlpLayout {
+  std::vector<const float*> w, b;
+  std::vector<int64_t> in, out, w_offset, b_offset;  // offsets of each layer's gradient in a flat buffer
+  int64_t n_params = 0, max_width = 0;
+  int n = 0;
+};
+
+MlpLayout mlp_layout(const at::Tensor& x, const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& biases) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2, "mlp: 'x' must be a (P, K) CPU float32 tensor");
+  TORCH_CHECK(!weights.empty() && weights.size() == biases.size(), "mlp: one bias per weight, at least one layer");
+  MlpLayout L;
+  L.n = static_cast<int>(weights.size());
+  int64_t width = x.size(1);
+  L.max_width = width;
+  for (int i = 0; i < L.n; ++i) {
+    const at::Tensor& w = weights[i];
+    const at::Tensor& b = biases[i];
+    TORCH_CHECK(w.device().is_cpu() && b.device().is_cpu() && w.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat,
+                "mlp: weights and biases must be CPU float32");
+    TORCH_CHECK(w.dim() == 2 && w.size(1) == width && w.is_contiguous() && b.dim() == 1 && b.size(0) == w.size(0) && b.is_contiguous(),
+                "mlp: layer ", i, " must have a contiguous weight (out, ", width, ") and bias (out,)");
+    L.w.push_back(w.data_ptr<float>());
+    L.b.push_back(b.data_ptr<float>());
+    L.in.push_back(width);
+    L.out.push_back(w.size(0));
+    width = w.size(0);
+    L.max_width = std::max(L.max_width, width);
+  }
+  for (int i = 0; i < L.n; ++i) {
+    L.w_offset.push_back(L.n_params);
+    L.n_params += L.out[i] * L.in[i];
+  }
+  for (int i = 0; i < L.n; ++i) {
+    L.b_offset.push_back(L.n_params);
+    L.n_params += L.out[i];
+  }
+  return L;
+}
+
+// Per-thread tiles: acts[0] the input (K features), acts[i + 1] layer i's output.
+struct MlpTiles {
+  std::vector<Lanes> buffer;
+  std::vector<Lanes*> acts;
+  explicit MlpTiles(const MlpLayout& L) : buffer((L.n + 1) * L.max_width), acts(L.n + 1) {
+    for (int i = 0; i <= L.n; ++i) acts[i] = buffer.data() + i * L.max_width;
+  }
+};
+
+// Loads rows [p0, p0 + n) of x (P, K) into a tile of K features; missing lanes are zero.
+inline void load_tile(const float* x, int64_t K, int64_t p0, int64_t n, Lanes* tile) {
+  float* t = reinterpret_cast<float*>(tile);  // scalar stores: inserting into a vector's lanes one by one is slower
+  for (int64_t l = 0; l < n; ++l)
+    for (int64_t k = 0; k < K; ++k) t[k * kLanes + l] = x[(p0 + l) * K + k];
+  for (int64_t l = n; l < kLanes; ++l)
+    for (int64_t k = 0; k < K; ++k) t[k * kLanes + l] = 0.0f;
+}
+
+// Stores the first n lanes of a tile of M features as rows [p0, p0 + n) of y (P, M).
+inline void store_tile(const Lanes* tile, int64_t M, int64_t p0, int64_t n, float* y) {
+  const float* t = reinterpret_cast<const float*>(tile);
+  for (int64_t l = 0; l < n; ++l)
+    for (int64_t m = 0; m < M; ++m) y[(p0 + l) * M + m] = t[m * kLanes + l];
+}
+
+// ReLU; NaN stays NaN, as in torch.relu
+inline Lanes relu(Lanes v) { return v < Lanes{} ? Lanes{} : v; }
+
+// Every layer on one tile; ReLU after all but the last. Four outputs at a time: four independent
+// chains of multiply-adds (one chain waits on each add's latency; measured 2.5x slower).
+inline void tile_forward(const MlpLayout& L, Lanes* const* acts) {
+  for (int i = 0; i < L.n; ++i) {
+    const float* W = L.w[i];
+    const float* B = L.b[i];
+    const Lanes* a = acts[i];
+    Lanes* o = acts[i + 1];
+    const int64_t I = L.in[i], O = L.out[i];
+    const bool hidden = i < L.n - 1;
+    int64_t j = 0;
+    for (; j + 4 <= O; j += 4) {
+      Lanes c0 = Lanes{} + B[j], c1 = Lanes{} + B[j + 1], c2 = Lanes{} + B[j + 2], c3 = Lanes{} + B[j + 3];
+      const float* w0 = W + j * I;
+      const float* w1 = w0 + I;
+      const float* w2 = w1 + I;
+      const float* w3 = w2 + I;
+      for (int64_t k = 0; k < I; ++k) {
+        const Lanes ak = a[k];
+        c0 += w0[k] * ak;
+        c1 += w1[k] * ak;
+        c2 += w2[k] * ak;
+        c3 += w3[k] * ak;
+      }
+      o[j] = hidden ? relu(c0) : c0;
+      o[j + 1] = hidden ? relu(c1) : c1;
+      o[j + 2] = hidden ? relu(c2) : c2;
+      o[j + 3] = hidden ? relu(c3) : c3;
+    }
+    for (; j < O; ++j) {
+      Lanes c = Lanes{} + B[j];
+      const float* wj = W + j * I;
+      for (int64_t k = 0; k < I; ++k) c += wj[k] * a[k];
+      o[j] = hidden ? relu(c) : c;
+    }
+  }
+}
+
+// Pairwise sum of the lanes (a fixed order).
+inline float lane_sum(Lanes v) {
+  for (int half = kLanes / 2; half >= 1; half /= 2)
+    for (int l = 0; l < half; ++l) v[l] += v[l + half];
+  return v[0];
+}
+
+at::Tensor mlp_fwd(const at::Tensor& x_in, std::vector<at::Tensor> weights, std::vector<at::Tensor> biases) {
+  auto x = x_in.contiguous();
+  for (auto& w : weights) w = w.contiguous();
+  for (auto& b : biases) b = b.contiguous();
+  const MlpLayout L = mlp_layout(x, weights, biases);
+  const int64_t P = x.size(0), K = x.size(1), M = L.out.back();
+  auto out = at::empty({P, M}, x.options());
+  const float* X = x.data_ptr<float>();
+  float* Y = out.data_ptr<float>();
+  at::parallel_for(0, (P + kLanes - 1) / kLanes, 64, [&](int64_t t0, int64_t t1) {
+    MlpTiles tiles(L);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t p0 = t * kLanes, n = std::min<int64_t>(kLanes, P - p0);
+      load_tile(X, K, p0, n, tiles.acts[0]);
+      tile_forward(L, tiles.acts.data());
+      store_tile(tiles.acts[L.n], M, p0, n, Y);
+    }
+  });
+  return out;
+}
+
+// W^T d for one tile: W (O, I) row-major, d O features -> out I features. Four inputs at a time:
+// four chains of multiply-adds held in registers.
+inline void tile_transposed_product(const float* W, int64_t O, int64_t I, const Lanes* d, Lanes* out) {
+  int64_t k = 0;
+  for (; k + 4 <= I; k += 4) {
+    Lanes c0 = {}, c1 = {}, c2 = {}, c3 = {};
+    for (int64_t j = 0; j < O; ++j) {
+      const Lanes dj = d[j];
+      const float* wj = W + j * I + k;
+      c0 += wj[0] * dj;
+      c1 += wj[1] * dj;
+      c2 += wj[2] * dj;
+      c3 += wj[3] * dj;
+    }
+    out[k] = c0;
+    out[k + 1] = c1;
+    out[k + 2] = c2;
+    out[k + 3] = c3;
+  }
+  for (; k < I; ++k) {
+    Lanes c = {};
+    for (int64_t j = 0; j < O; ++j) c += W[j * I + k] * d[j];
+    out[k] = c;
+  }
+}
+
+// out[j * I + k] = sum over the nt tiles t and their lanes of d[t * stride + j] * a[t * stride + k]
+// (the tiles in order, then the lanes pairwise); a JB x KB block of sums stays in registers.
+template <int JB, int KB>
+inline void outer_block(const Lanes* d, const Lanes* a, int64_t stride, int64_t nt, int64_t j, int64_t k, int64_t I,
+                        float* out) {
+  Lanes c[JB][KB] = {};
+  for (int64_t t = 0; t < nt; ++t) {
+    const Lanes* dt = d + t * stride + j;
+    const Lanes* at = a + t * stride + k;
+    for (int jb = 0; jb < JB; ++jb)
+      for (int kb = 0; kb < KB; ++kb) c[jb][kb] += dt[jb] * at[kb];
+  }
+  for (int jb = 0; jb < JB; ++jb)
+    for (int kb = 0; kb < KB; ++kb) out[(j + jb) * I + k + kb] = lane_sum(c[jb][kb]);
+}
+
+inline void block_outer_sums(const Lanes* d, const Lanes* a, int64_t stride, int64_t nt, int64_t O, int64_t I, float* out) {
+  int64_t j = 0;
+  for (; j + 2 <= O; j += 2) {
+    int64_t k = 0;
+    for (; k + 4 <= I; k += 4) outer_block<2, 4>(d, a, stride, nt, j, k, I, out);
+    for (; k < I; ++k) outer_block<2, 1>(d, a, stride, nt, j, k, I, out);
+  }
+  for (; j < O; ++j) {
+    int64_t k = 0;
+    for (; k + 4 <= I; k += 4) outer_block<1, 4>(d, a, stride, nt, j, k, I, out);
+    for (; k < I; ++k) outer_block<1, 1>(d, a, stride, nt, j, k, I, out);
+  }
+}
+
+// Returns [grad_x (empty when not needed), grad_W0 .. grad_W{n-1}, grad_b0 .. grad_b{n-1}].
+std::vector<at::Tensor> mlp_bwd(const at::Tensor& grad_out_in, const at::Tensor& x_in, std::vector<at::Tensor> weights,
+                                std::vector<at::Tensor> biases, bool need_x) {
+  auto x = x_in.contiguous();
+  for (auto& w : weights) w = w.contiguous();
+  for (auto& b : biases) b = b.contiguous();
+  const MlpLayout L = mlp_layout(x, weights, biases);
+  const int64_t P = x.size(0), K = x.size(1), M = L.out.back();
+  auto g = grad_out_in.to(at::kFloat).contiguous();
+  TORCH_CHECK(g.dim() == 2 && g.size(0) == P && g.size(1) == M, "mlp: 'grad_out' must be (P, ", M, ")");
+  auto grad_x = need_x ? at::empty_like(x) : at::empty({0}, x.options());
+  const float* X = x.data_ptr<float>();
+  const float* G = g.data_ptr<float>();
+  float* GX = need_x ? grad_x.data_ptr<float>() : nullptr;
+  const int64_t n_blocks = (P + kMlpBlock - 1) / kMlpBlock;
+  constexpr int64_t kTilesPerBlock = kMlpBlock / kLanes;
+  // per tile: every layer's input (acts) and the gradient at every layer's output (deltas)
+  std::vector<int64_t> act_at(L.n + 1), delta_at(L.n);
+  int64_t stride = 0;
+  for (int i = 0; i <= L.n; ++i) {
+    act_at[i] = stride;
+    stride += i == 0 ? K : L.out[i - 1];
+  }
+  for (int i = 0; i < L.n; ++i) {
+    delta_at[i] = stride;
+    stride += L.out[i];
+  }
+  std::vector<float> partial(std::max<int64_t>(n_blocks, 1) * L.n_params, 0.0f);
+  at::parallel_for(0, n_blocks, 1, [&](int64_t blk0, int64_t blk1) {
+    std::vector<Lanes> tiles(kTilesPerBlock * stride), grad_input(K);
+    std::vector<Lanes*> acts(L.n + 1);
+    for (int64_t blk = blk0; blk < blk1; ++blk) {
+      const int64_t first = blk * kMlpBlock, end = std::min(P, first + kMlpBlock);
+      const int64_t nt = (end - first + kLanes - 1) / kLanes;
+      for (int64_t t = 0; t < nt; ++t) {
+        Lanes* tile = tiles.data() + t * stride;
+        const int64_t p0 = first + t * kLanes, n = std::min<int64_t>(kLanes, end - p0);
+        for (int i = 0; i <= L.n; ++i) acts[i] = tile + act_at[i];
+        load_tile(X, K, p0, n, acts[0]);
+        tile_forward(L, acts.data());
+        load_tile(G, M, p0, n, tile + delta_at[L.n - 1]);  // missing lanes: zero gradient
+        for (int i = L.n - 1; i >= 1; --i) {
+          Lanes* below = tile + delta_at[i - 1];
+          tile_transposed_product(L.w[i], L.out[i], L.in[i], tile + delta_at[i], below);
+          const Lanes* a = acts[i];  // layer i's input: the ReLU output of layer i - 1
+          for (int64_t k = 0; k < L.in[i]; ++k) below[k] = a[k] > Lanes{} ? below[k] : Lanes{};
+        }
+        if (need_x) {
+          tile_transposed_product(L.w[0], L.out[0], K, tile + delta_at[0], grad_input.data());
+          store_tile(grad_input.data(), K, p0, n, GX);
+        }
+      }
+      float* mine = partial.data() + blk * L.n_params;
+      for (int i = 0; i < L.n; ++i) {
+        const Lanes* d = tiles.data() + delta_at[i];
+        block_outer_sums(d, tiles.data() + act_at[i], stride, nt, L.out[i], L.in[i], mine + L.w_offset[i]);
+        for (int64_t j = 0; j < L.out[i]; ++j) {
+          Lanes c = {};
+          for (int64_t t = 0; t < nt; ++t) c += d[t * stride + j];
+          mine[L.b_offset[i] + j] = lane_sum(c);
+        }
+      }
+    }
+  });
+  // the blocks' sums, added pairwise in a tree that depends on n_blocks only
+  for (int64_t count = n_blocks; count > 1;) {
+    const int64_t half = count / 2;
+    for (int64_t b = 0; b < half; ++b) {
+      float* dst = partial.data() + b * L.n_params;
+      const float* src = partial.data() + (b + half) * L.n_params;
+      for (int64_t q = 0; q < L.n_params; ++q) dst[q] += src[q];
+    }
+    if (count % 2)  // the odd one out moves down, as in core/reduce.py's _pairwise_sum
+      std::copy(partial.data() + (count - 1) * L.n_params, partial.data() + count * L.n_params, partial.data() + half * L.n_params);
+    count = half + count % 2;
+  }
+  std::vector<at::Tensor> result{grad_x};
+  for (int i = 0; i < L.n; ++i) {
+    auto gw = at::empty({L.out[i], L.in[i]}, x.options());
+    std::copy(partial.data() + L.w_offset[i], partial.data() + L.w_offset[i] + L.out[i] * L.in[i], gw.data_ptr<float>());
+    result.push_back(gw);
+  }
+  for (int i = 0; i < L.n; ++i) {
+    auto gb = at::empty({L.out[i]}, x.options());
+    std::copy(partial.data() + L.b_offset[i], partial.data() + L.b_offset[i] + L.out[i], gb.data_ptr<float>());
+    result.push_back(gb);
+  }
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear interpolation of an image (C, S_0, .., S_{D-1}) at voxel points (P, D) (array order),
+// forward and backward to the points (the image is data: no gradient). Same values as
+// torch.nn.functional.grid_sample(align_corners=True) on the normalised points: with zeros
+// padding every corner outside the image counts as 0; with border padding the point is clamped
+// into the image first (no gradient along a clamped axis); an axis of one voxel is that voxel at
+// any coordinate. A non-finite coordinate gives 0 (grid_sample's result there is undefined).
+// Each point is independent: the same bits at any thread count.
+
+template <int D>
+struct LinearCorners {
+  int64_t offset[1 << D];  // voxel offset of each corner (valid or not)
+  bool valid[1 << D];
+  float weight[1 << D];
+  float w0[D], w1[D];
+  bool moves[D];           // the coordinate was not clamped: its gradient passes
+
+  // false when no corner is in the image
+  inline bool compute(const float* x, const int64_t* size, const int64_t* stride, bool border) {
+    int64_t lo[D];
+    bool lo_ok[D], hi_ok[D];
+    for (int d = 0; d < D; ++d) {
+      float xd = x[d];
+      if (!std::isfinite(xd)) return false;
+      const float last = static_cast<float>(size[d] - 1);
+      moves[d] = true;
+      if (size[d] == 1) {  // as grid_sample (align_corners=True): an axis of one voxel is that voxel everywhere
+        xd = 0.0f;
+        moves[d] = false;
+      } else if (border) {
+        if (xd <= 0.0f || xd >= last) {
+          moves[d] = false;  // as grid_sample's border padding: no gradient at or beyond the ends
+          xd = xd <= 0.0f ? 0.0f : last;
+        }
+      } else if (xd <= -1.0f || xd >= last + 1.0f) {
+        return false;
+      }
+      const float f = std::floor(xd);
+      lo[d] = static_cast<int64_t>(f);
+      w1[d] = xd - f;
+      w0[d] = 1.0f - w1[d];
+      lo_ok[d] = lo[d] >= 0 && lo[d] <= size[d] - 1;
+      hi_ok[d] = lo[d] + 1 >= 0 && lo[d] + 1 <= size[d] - 1;
+    }
+    for (int c = 0; c < (1 << D); ++c) {
+      int64_t off = 0;
+      bool ok = true;
+      float w = 1.0f;
+      for (int d = 0; d < D; ++d) {
+        const bool up = (c >> d) & 1;
+        off += (lo[d] + up) * stride[d];
+        ok = ok && (up ? hi_ok[d] : lo_ok[d]);
+        w *= up ? w1[d] : w0[d];
+      }
+      offset[c] = off;
+      valid[c] = ok;
+      weight[c] = w;
+    }
+    return true;
+  }
+};
+
+template <int D>
+void sample_forward_impl(const float* image, int64_t channels, const int64_t* size, const float* X, float* out,
+                         int64_t n_points, bool border) {
+  int64_t stride[D];
+  stride[D - 1] = 1;
+  for (int d = D - 2; d >= 0; --d) stride[d] = stride[d + 1] * size[d + 1];
+  const int64_t voxels = stride[0] * size[0];
+  at::parallel_for(0, n_points, 2048, [&](int64_t begin, int64_t end) {
+    LinearCorners<D> cs;
+    for (int64_t p = begin; p < end; ++p) {
+      float* o = out + p * channels;
+      if (!cs.compute(X + p * D, size, stride, border)) {
+        for (int64_t ch = 0; ch < channels; ++ch) o[ch] = 0.0f;
+        continue;
+      }
+      for (int64_t ch = 0; ch < channels; ++ch) {
+        const float* im = image + ch * voxels;
+        float acc = 0.0f;
+        for (int c = 0; c < (1 << D); ++c)
+          if (cs.valid[c]) acc += cs.weight[c] * im[cs.offset[c]];
+        o[ch] = acc;
+      }
+    }
+  });
+}
+
+template <int D>
+void sample_backward_impl(const float* image, int64_t channels, const int64_t* size, const float* X, const float* G,
+                          float* grad_points, int64_t n_points, bool border) {
+  int64_t stride[D];
+  stride[D - 1] = 1;
+  for (int d = D - 2; d >= 0; --d) stride[d] = stride[d + 1] * size[d + 1];
+  const int64_t voxels = stride[0] * size[0];
+  at::parallel_for(0, n_points, 2048, [&](int64_t begin, int64_t end) {
+    LinearCorners<D> cs;
+    for (int64_t p = begin; p < end; ++p) {
+      float* gp = grad_points + p * D;
+      for (int d = 0; d < D; ++d) gp[d] = 0.0f;
+      if (!cs.compute(X + p * D, size, stride, border)) continue;
+      float v[1 << D];  // sum over channels of grad_out times each corner's value
+      for (int c = 0; c < (1 << D); ++c) v[c] = 0.0f;
+      for (int64_t ch = 0; ch < channels; ++ch) {
+        const float g = G[p * channels + ch];
+        const float* im = image + ch * voxels;
+        for (int c = 0; c < (1 << D); ++c)
+          if (cs.valid[c]) v[c] += g * im[cs.offset[c]];
+      }
+      for (int d = 0; d < D; ++d) {
+        if (!cs.moves[d]) continue;
+        float acc = 0.0f;  // d weight[c] / d x_d = +-(product of the other axes' weights)
+        for (int c = 0; c < (1 << D); ++c) {
+          float w = 1.0f;
+          for (int e = 0; e < D; ++e)
+            if (e != d) w *= ((c >> e) & 1) ? cs.w1[e] : cs.w0[e];
+          acc += ((c >> d) & 1) ? w * v[c] : -w * v[c];
+        }
+        gp[d] = acc;
+      }
+    }
+  });
+}
+
+void check_sample_inputs(const at::Tensor& image, const at::Tensor& points) {
+  TORCH_CHECK(image.device().is_cpu() && points.device().is_cpu(), "sample_linear: CPU tensors only");
+  TORCH_CHECK(image.scalar_type() == at::kFloat && points.scalar_type() == at::kFloat, "sample_linear: float32 tensors only");
+  TORCH_CHECK(points.dim() == 2 && (points.size(1) == 2 || points.size(1) == 3) && image.dim() == points.size(1) + 1,
+              "sample_linear: 'image' must be (C, *S) and 'points' (P, D) with D = image.dim() - 1 in {2, 3}");
+}
+
+at::Tensor sample_linear_fwd(const at::Tensor& image_in, const at::Tensor& points_in, bool border) {
+  check_sample_inputs(image_in, points_in);
+  auto image = image_in.contiguous();
+  auto points = points_in.contiguous();
+  const int64_t D = points.size(1), P = points.size(0), C = image.size(0);
+  int64_t size[3];
+  for (int64_t d = 0; d < D; ++d) size[d] = image.size(d + 1);
+  auto out = at::empty({P, C}, points.options());
+  if (D == 2)
+    sample_forward_impl<2>(image.data_ptr<float>(), C, size, points.data_ptr<float>(), out.data_ptr<float>(), P, border);
+  else
+    sample_forward_impl<3>(image.data_ptr<float>(), C, size, points.data_ptr<float>(), out.data_ptr<float>(), P, border);
+  return out;
+}
+
+at::Tensor sample_linear_bwd(const at::Tensor& grad_out, const at::Tensor& image_in, const at::Tensor& points_in, bool border) {
+  check_sample_inputs(image_in, points_in);
+  auto image = image_in.contiguous();
+  auto points = points_in.contiguous();
+  const int64_t D = points.size(1), P = points.size(0), C = image.size(0);
+  auto g = grad_out.to(at::kFloat).contiguous();
+  TORCH_CHECK(g.dim() == 2 && g.size(0) == P && g.size(1) == C, "sample_linear: 'grad_out' must be (P, C)");
+  int64_t size[3];
+  for (int64_t d = 0; d < D; ++d) size[d] = image.size(d + 1);
+  auto grad_points = at::empty_like(points);
+  if (D == 2)
+    sample_backward_impl<2>(image.data_ptr<float>(), C, size, points.data_ptr<float>(), g.data_ptr<float>(),
+                            grad_points.data_ptr<float>(), P, border);
+  else
+    sample_backward_impl<3>(image.data_ptr<float>(), C, size, points.data_ptr<float>(), g.data_ptr<float>(),
+                            grad_points.data_ptr<float>(), P, border);
+  return grad_points;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(monai_inr_reg, m) {
@@ -396,9 +856,17 @@ TORCH_LIBRARY(monai_inr_reg, m) {
         "int log2_hashmap_size) -> Tensor");
   m.def("hash_grid_bwd(Tensor grad_out, Tensor points, Tensor params, Tensor levels, Tensor weights, "
         "int n_features, int log2_hashmap_size, bool need_params, bool need_points) -> (Tensor, Tensor)");
+  m.def("mlp_fwd(Tensor x, Tensor[] weights, Tensor[] biases) -> Tensor");
+  m.def("mlp_bwd(Tensor grad_out, Tensor x, Tensor[] weights, Tensor[] biases, bool need_x) -> Tensor[]");
+  m.def("sample_linear_fwd(Tensor image, Tensor points, bool border) -> Tensor");
+  m.def("sample_linear_bwd(Tensor grad_out, Tensor image, Tensor points, bool border) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(monai_inr_reg, CPU, m) {
   m.impl("hash_grid_fwd", &hash_grid_fwd);
   m.impl("hash_grid_bwd", &hash_grid_bwd);
+  m.impl("mlp_fwd", &mlp_fwd);
+  m.impl("mlp_bwd", &mlp_bwd);
+  m.impl("sample_linear_fwd", &sample_linear_fwd);
+  m.impl("sample_linear_bwd", &sample_linear_bwd);
 }
