@@ -225,7 +225,7 @@ def mlp_kernel_supports(features: torch.Tensor, weights: list[torch.Tensor], spe
 
 def mlp_forward_kernel(features: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor],
                        spec: MLPSpec) -> torch.Tensor:
-    """:func:`~monai_inr_reg.core.mlp.mlp_forward` with the compiled kernel: each tile of 16 points
+    """:func:`~monai_inr_reg.core.mlp.mlp_forward` with the compiled kernel: each tile of 8 points
     goes through every layer, forward and backward, while it is in the L1 cache. Same values and
     gradients up to rounding; the gradients of the weights are the same bits at any thread count.
 

@@ -86,19 +86,12 @@ class HashMotion(nn.Module):
         self.box = box
         self.net = CoordinateNet(ndim, ndim, encoding, network, zero_init_output=True)
         self.register_buffer("base", torch.eye(ndim + 1, dtype=torch.float64) if init is None else init.to(torch.float64))
-        # float32 copies of the box and the matrix for the float32 points of the fits (each call would convert them)
+        # a float32 copy of the matrix for the float32 points of the fits (each call would convert it)
         self.register_buffer("base_float", self.base.to(torch.float32), persistent=False)
-        self.register_buffer("box_low_float", box.low_mm.to(torch.float32), persistent=False)
         self.scale = box.scale_mm()
 
     def matrix(self) -> torch.Tensor:
         return self.base
-
-    def _to_unit(self, points_mm: torch.Tensor) -> torch.Tensor:
-        """:meth:`~monai_inr_reg.core.grid.NormalisedBox.to_unit` (the box is a cube of edge ``scale``)."""
-        if points_mm.dtype != torch.float32:
-            return self.box.to_unit(points_mm)
-        return (points_mm - self.box_low_float) / self.scale
 
     def _base_map(self, points_mm: torch.Tensor) -> torch.Tensor:
         return apply_affine(self.base_float if points_mm.dtype == torch.float32 else self.base, points_mm)
@@ -108,7 +101,7 @@ class HashMotion(nn.Module):
         return self.net(points_unit, level_weights)
 
     def forward(self, points_mm: torch.Tensor, level_weights: torch.Tensor | None = None) -> torch.Tensor:
-        residual = self.displacement_unit(self._to_unit(points_mm), level_weights)
+        residual = self.displacement_unit(self.box.to_unit(points_mm), level_weights)
         return self._base_map(points_mm) + residual * self.scale
 
     def moved_and_gradient(self, points_mm: torch.Tensor, level_weights: torch.Tensor | None, n_gradient: int,
@@ -118,7 +111,7 @@ class HashMotion(nn.Module):
         ``n = min(n_gradient, P)`` points: forward differences with a step of ``step_unit`` box units,
         box units on both sides, so ``G`` is dimensionless (the box is isotropic: the same in mm).
         One evaluation of the net for all of it (the shifted points ride along with the others)."""
-        unit = self._to_unit(points_mm)
+        unit = self.box.to_unit(points_mm)
         n_points, ndim = unit.shape
         n = min(n_gradient, n_points)
         steps = torch.eye(ndim, dtype=unit.dtype, device=unit.device)[:, None, :] * step_unit  # (axis, 1, D)

@@ -55,10 +55,8 @@ class ImageNetL2:
         self.coarse_to_fine_share = float(stage["image_coarse_to_fine_share"])
         self.fixed_channel, self.moving_channel = (1, 0) if multimodal else (0, 0)
         self.learning_rate = learning_rate
-        device = pair.fixed_values.device  # float32 copies of the maps used every iteration
-        self.moving_voxel_from_unit = pair.moving_voxel_from_unit.to(device=device, dtype=torch.float32)
-        self.box_low = pair.box.low_mm.to(device=device, dtype=torch.float32)
-        self.box_edge_mm = pair.box.scale_mm()
+        # a float32 copy of the map used every iteration
+        self.moving_voxel_from_unit = pair.moving_voxel_from_unit.to(device=pair.fixed_values.device, dtype=torch.float32)
         self.set_level(0.0)
 
     def set_level(self, sigma_voxels: float) -> None:
@@ -80,7 +78,7 @@ class ImageNetL2:
         moving_voxel = apply_affine(self.moving_voxel_from_unit, moving_unit)
         # border padding: outside its grid the moving image continues its edge (a bright background stays bright)
         moving_values = sample_image(self.moving, moving_voxel, padding_mode="border")[:, 0]
-        moved_unit = (moved_mm.to(torch.float32) - self.box_low) / self.box_edge_mm  # pair.box.to_unit
+        moved_unit = pair.box.to_unit(moved_mm.to(torch.float32))
         # one evaluation of the net for both terms (half the operations of two)
         pred = net(torch.cat([moved_unit, moving_unit]), weights)
         n_fixed = moved_unit.shape[0]

@@ -17,6 +17,8 @@ Conventions used by the whole package (see the package docstring for shape lette
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -234,12 +236,23 @@ class NormalisedBox:
 
     def to_unit(self, points_mm: torch.Tensor) -> torch.Tensor:
         """LPS mm ``(P, D)`` -> ``[0, 1]^D`` (outside the box maps outside ``[0, 1]``)."""
-        low = self.low_mm.to(points_mm.device, points_mm.dtype)
-        return (points_mm - low) / self.size_mm.to(points_mm.device, points_mm.dtype)
+        return (points_mm - self._low_as(points_mm.device, points_mm.dtype)) / self.scale_mm()
 
     def scale_mm(self) -> float:
         """Edge length in mm of the (cubic) box: multiply a unit-box displacement by this to get mm."""
+        return self._edge_mm
+
+    @functools.cached_property
+    def _edge_mm(self) -> float:
         return float(self.size_mm[0])
+
+    def _low_as(self, device, dtype) -> torch.Tensor:
+        """``low_mm`` on ``device`` in ``dtype``, converted once (the fits call :meth:`to_unit` every iteration)."""
+        cache = self.__dict__.setdefault("_low_cache", {})  # a frozen dataclass: the cache bypasses __setattr__
+        key = (torch.device(device), dtype)
+        if key not in cache:
+            cache[key] = self.low_mm.to(device=device, dtype=dtype)
+        return cache[key]
 
 
 def ddf_mm_from_ddf_voxel(ddf_voxel: torch.Tensor, mm_from_voxel: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ def sample_image(image: torch.Tensor, points_voxel: torch.Tensor, *, mode: str =
     _check_mode(mode, "sample_image")
     ndim = image.ndim - 1
     if image.device.type == "cpu":
-        from .. import _ext  # the compiled kernel: 2-4x faster than grid_sample's 3D CPU code (measured)
+        from .. import _ext  # the compiled kernel: 1.3-1.5x faster than grid_sample forward and backward (measured)
 
         if _ext.sample_kernel_supports(image, points_voxel.to(image.dtype), mode, padding_mode) and _ext.kernel_available():
             return _ext.sample_linear_kernel(image, points_voxel, padding_mode)
