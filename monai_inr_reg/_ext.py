@@ -1,7 +1,9 @@
-"""Compiled CPU hash-grid kernel: built on first use, cached, with a logged fallback to pure PyTorch.
+"""Compiled CPU kernels: built on first use, cached, with a logged fallback to pure PyTorch.
 
-The C++ source ``csrc/hash_grid_cpu.cpp`` registers two torch custom ops
-(``torch.ops.monai_inr_reg.hash_grid_fwd`` / ``hash_grid_bwd``) and is compiled with
+The C++ source ``csrc/hash_grid_cpu.cpp`` registers torch custom ops for the hash-grid encoding
+(``torch.ops.monai_inr_reg.hash_grid_fwd`` / ``hash_grid_bwd``), the coordinate MLP
+(``mlp_fwd`` / ``mlp_bwd``, :func:`mlp_forward_kernel`) and the linear sampling of an image
+(``sample_linear_fwd`` / ``sample_linear_bwd``, :func:`sample_linear_kernel`), and is compiled with
 ``torch.utils.cpp_extension.load`` the first time :func:`kernel_available` is called in a process.
 The build is cached per installed copy: in a folder of its own under ``$TORCH_EXTENSIONS_DIR``
 (default ``~/.cache/torch_extensions``) named by a hash of the source's content and location, the
@@ -10,8 +12,9 @@ rebuild each other's kernel; later processes only load the shared library. It ne
 built with ``-march=x86-64-v3`` (about 10-15 % faster) under its own name, falling back to
 generic code if that build fails. When the build fails, or when
 the environment variable ``MONAI_INR_REG_NO_EXT=1`` is set, :func:`kernel_available` returns
-``False`` (with one log line saying why) and callers use
-:func:`monai_inr_reg.core.encoding.hash_grid_encode` instead.
+``False`` (with one log line saying why) and callers use the PyTorch code instead
+(:func:`monai_inr_reg.core.encoding.hash_grid_encode`, :func:`~monai_inr_reg.core.mlp.mlp_forward`,
+``grid_sample``).
 
 :func:`hash_grid_encode_kernel` has the signature and semantics of
 :func:`~monai_inr_reg.core.encoding.hash_grid_encode` (first derivatives only).

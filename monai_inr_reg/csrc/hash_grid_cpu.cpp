@@ -1,4 +1,5 @@
 // Hash-grid encoding (Instant-NGP) on the CPU: forward and backward (to the tables and to the points).
+// Below it, the coordinate MLP and the linear sampling of an image (each with its own header comment).
 //
 // Same maths and parameter layout as monai_inr_reg/core/encoding.py (read its module docstring):
 // level l has R_l cells per unit, vertices at i / R_l; dense levels store (F, size_l) channel first,
@@ -746,28 +747,33 @@ struct LinearCorners {
   }
 };
 
-template <int D>
-void sample_forward_impl(const float* image, int64_t channels, const int64_t* size, const float* X, float* out,
-                         int64_t n_points, bool border) {
+// Calls visit(p, cs, voxels) for every point p of X (P, D) in a parallel loop, cs its corners when
+// placed (nullptr for a point with no corner in the image), voxels the image's voxel count.
+template <int D, typename Visit>
+void for_each_located_point(const int64_t* size, const float* X, int64_t n_points, bool border, Visit&& visit) {
   int64_t stride[D];
   stride[D - 1] = 1;
   for (int d = D - 2; d >= 0; --d) stride[d] = stride[d + 1] * size[d + 1];
   const int64_t voxels = stride[0] * size[0];
   at::parallel_for(0, n_points, 2048, [&](int64_t begin, int64_t end) {
     LinearCorners<D> cs;
-    for (int64_t p = begin; p < end; ++p) {
-      float* o = out + p * channels;
-      if (!cs.compute(X + p * D, size, stride, border)) {
-        for (int64_t ch = 0; ch < channels; ++ch) o[ch] = 0.0f;
-        continue;
-      }
-      for (int64_t ch = 0; ch < channels; ++ch) {
-        const float* im = image + ch * voxels;
-        float acc = 0.0f;
+    for (int64_t p = begin; p < end; ++p)
+      visit(p, cs.compute(X + p * D, size, stride, border) ? &cs : nullptr, voxels);
+  });
+}
+
+template <int D>
+void sample_forward_impl(const float* image, int64_t channels, const int64_t* size, const float* X, float* out,
+                         int64_t n_points, bool border) {
+  for_each_located_point<D>(size, X, n_points, border, [&](int64_t p, const LinearCorners<D>* cs, int64_t voxels) {
+    float* o = out + p * channels;
+    for (int64_t ch = 0; ch < channels; ++ch) {
+      const float* im = image + ch * voxels;
+      float acc = 0.0f;
+      if (cs)
         for (int c = 0; c < (1 << D); ++c)
-          if (cs.valid[c]) acc += cs.weight[c] * im[cs.offset[c]];
-        o[ch] = acc;
-      }
+          if (cs->valid[c]) acc += cs->weight[c] * im[cs->offset[c]];
+      o[ch] = acc;
     }
   });
 }
@@ -775,35 +781,28 @@ void sample_forward_impl(const float* image, int64_t channels, const int64_t* si
 template <int D>
 void sample_backward_impl(const float* image, int64_t channels, const int64_t* size, const float* X, const float* G,
                           float* grad_points, int64_t n_points, bool border) {
-  int64_t stride[D];
-  stride[D - 1] = 1;
-  for (int d = D - 2; d >= 0; --d) stride[d] = stride[d + 1] * size[d + 1];
-  const int64_t voxels = stride[0] * size[0];
-  at::parallel_for(0, n_points, 2048, [&](int64_t begin, int64_t end) {
-    LinearCorners<D> cs;
-    for (int64_t p = begin; p < end; ++p) {
-      float* gp = grad_points + p * D;
-      for (int d = 0; d < D; ++d) gp[d] = 0.0f;
-      if (!cs.compute(X + p * D, size, stride, border)) continue;
-      float v[1 << D];  // sum over channels of grad_out times each corner's value
-      for (int c = 0; c < (1 << D); ++c) v[c] = 0.0f;
-      for (int64_t ch = 0; ch < channels; ++ch) {
-        const float g = G[p * channels + ch];
-        const float* im = image + ch * voxels;
-        for (int c = 0; c < (1 << D); ++c)
-          if (cs.valid[c]) v[c] += g * im[cs.offset[c]];
+  for_each_located_point<D>(size, X, n_points, border, [&](int64_t p, const LinearCorners<D>* cs, int64_t voxels) {
+    float* gp = grad_points + p * D;
+    for (int d = 0; d < D; ++d) gp[d] = 0.0f;
+    if (!cs) return;
+    float v[1 << D];  // sum over channels of grad_out times each corner's value
+    for (int c = 0; c < (1 << D); ++c) v[c] = 0.0f;
+    for (int64_t ch = 0; ch < channels; ++ch) {
+      const float g = G[p * channels + ch];
+      const float* im = image + ch * voxels;
+      for (int c = 0; c < (1 << D); ++c)
+        if (cs->valid[c]) v[c] += g * im[cs->offset[c]];
+    }
+    for (int d = 0; d < D; ++d) {
+      if (!cs->moves[d]) continue;
+      float acc = 0.0f;  // d weight[c] / d x_d = +-(product of the other axes' weights)
+      for (int c = 0; c < (1 << D); ++c) {
+        float w = 1.0f;
+        for (int e = 0; e < D; ++e)
+          if (e != d) w *= ((c >> e) & 1) ? cs->w1[e] : cs->w0[e];
+        acc += ((c >> d) & 1) ? w * v[c] : -w * v[c];
       }
-      for (int d = 0; d < D; ++d) {
-        if (!cs.moves[d]) continue;
-        float acc = 0.0f;  // d weight[c] / d x_d = +-(product of the other axes' weights)
-        for (int c = 0; c < (1 << D); ++c) {
-          float w = 1.0f;
-          for (int e = 0; e < D; ++e)
-            if (e != d) w *= ((c >> e) & 1) ? cs.w1[e] : cs.w0[e];
-          acc += ((c >> d) & 1) ? w * v[c] : -w * v[c];
-        }
-        gp[d] = acc;
-      }
+      gp[d] = acc;
     }
   });
 }
