@@ -14,8 +14,9 @@ def rotation_matrix(rotation: torch.Tensor, ndim: int) -> torch.Tensor:
     """Rotation ``(D, D)`` from parameters: 2D one angle (radians, counter-clockwise from x to y),
     3D a rotation vector ``v`` (axis times angle, radians): the matrix exponential of its skew matrix
     ``K``, by Rodrigues' formula ``I + sin(t)/t K + (1 - cos(t))/t^2 K^2`` with ``t = |v|``
-    (``torch.linalg.matrix_exp`` gives the same matrix in about ten times as many operations, which
-    dominate a rigid fit's step). Differentiable everywhere, ``v = 0`` included."""
+    (``torch.linalg.matrix_exp`` gives the same matrix, less exactly, in twice the operator calls: 767
+    against 347 forward and backward, measured; a rigid fit's step is mostly such calls).
+    Differentiable everywhere, ``v = 0`` included."""
     if ndim == 2:
         c, s = torch.cos(rotation[0]), torch.sin(rotation[0])
         return torch.stack([torch.stack([c, -s]), torch.stack([s, c])])
