@@ -88,7 +88,6 @@ class HashMotion(nn.Module):
         self.register_buffer("base", torch.eye(ndim + 1, dtype=torch.float64) if init is None else init.to(torch.float64))
         # a float32 copy of the matrix for the float32 points of the fits (each call would convert it)
         self.register_buffer("base_float", self.base.to(torch.float32), persistent=False)
-        self.scale = box.scale_mm()
 
     def matrix(self) -> torch.Tensor:
         return self.base
@@ -102,7 +101,7 @@ class HashMotion(nn.Module):
 
     def forward(self, points_mm: torch.Tensor, level_weights: torch.Tensor | None = None) -> torch.Tensor:
         residual = self.displacement_unit(self.box.to_unit(points_mm), level_weights)
-        return self._base_map(points_mm) + residual * self.scale
+        return self._base_map(points_mm) + residual * self.box.scale_mm()
 
     def moved_and_gradient(self, points_mm: torch.Tensor, level_weights: torch.Tensor | None, n_gradient: int,
                            step_unit: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,7 +118,7 @@ class HashMotion(nn.Module):
         out = self.displacement_unit(torch.cat([unit, shifted]), level_weights)
         residual = out[:n_points]
         gradient = ((out[n_points:].reshape(ndim, n, ndim) - residual[:n]) / step_unit).permute(1, 2, 0)
-        return self._base_map(points_mm) + residual * self.scale, gradient
+        return self._base_map(points_mm) + residual * self.box.scale_mm(), gradient
 
 
 class GridMotion(nn.Module):

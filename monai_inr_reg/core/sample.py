@@ -35,7 +35,7 @@ def sample_image(image: torch.Tensor, points_voxel: torch.Tensor, *, mode: str =
     if image.device.type == "cpu":
         from .. import _ext  # the compiled kernel: 1.3-1.5x faster than grid_sample forward and backward (measured)
 
-        if _ext.sample_kernel_supports(image, points_voxel.to(image.dtype), mode, padding_mode) and _ext.kernel_available():
+        if _ext.sample_kernel_supports(image, points_voxel, mode, padding_mode) and _ext.kernel_available():
             return _ext.sample_linear_kernel(image, points_voxel, padding_mode)
     coords = grid_sample_coords(points_voxel.to(image.dtype), image.shape[1:])
     grid = coords.reshape((1,) + (1,) * (ndim - 1) + (-1, ndim))
