@@ -95,7 +95,7 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
         ``(motion, chosen, losses, guard)``: the fitted motion, its index in ``candidates``, the data
         term per iteration, and for a stage that compares the real images (``objective.score``),
         ``{"start", "end", "kept_start"}``: its data term at its last level before and after
-        (same points, same metric); with ``guard`` on, a stage that ended worse than it started
+        (the same metric on the same voxels); with ``guard`` on, a stage that ended worse than it started
         hands on its start (``kept_start``) instead: it made things worse (None: an image-net stage).
     """
     steps_per_level = stage_iterations(stage, iterations_scale, pair.ndim)
@@ -103,9 +103,7 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
     if total == 0:
         return candidates[0], 0, [], None
     scored = hasattr(objective, "score")
-    if scored:
-        objective.set_level(stage["smoothing_voxels"][-1])
-        received, start_score = copy.deepcopy(candidates[0]), objective.score(candidates[0])
+    received = copy.deepcopy(candidates[0]) if scored else None
     optimizers = []
     for motion in candidates:
         groups = objective.parameter_groups() + motion_parameter_groups(motion, motion_config)
@@ -120,7 +118,7 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
     device = pair.fixed_values.device
 
     def run_level(motion, optimizer, steps: int, done: int, level_factor: float, show: bool, n_batch: int,
-                  level: int) -> list[float]:
+                  level: int, window: int) -> list[float]:
         is_hash = isinstance(motion, HashMotion)
         penalised = is_hash and penalises_field(stage)  # displacement gradients at half the finest motion cell
         rough_weight = float(stage.get("smoothness_weight", 0.0)) if isinstance(motion, GridMotion) else 0.0
@@ -177,16 +175,20 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
             runs = []
             for index, (motion, optimizer) in enumerate(zip(candidates, optimizers)):
                 generator.set_state(state)  # every candidate sees the same points
-                losses = run_level(motion, optimizer, steps, done, level_factor, index == 0, n_batch, level)
-                runs.append((objective.score(motion), index, losses))
-            _, chosen, losses = min(runs)
+                # no convergence stop here: the candidates are compared after the same effort (a start far
+                # off can sit on a plateau for its first iterations and then descend)
+                runs.append(run_level(motion, optimizer, steps, done, level_factor, index == 0, n_batch, level, 0))
+            candidate_scores = objective.scores(candidates)
+            chosen = min(range(len(candidates)), key=lambda i: (candidate_scores[i], i))
+            losses = runs[chosen]
         else:
-            losses = run_level(candidates[chosen], optimizers[chosen], steps, done, level_factor, True, n_batch, level)
+            losses = run_level(candidates[chosen], optimizers[chosen], steps, done, level_factor, True, n_batch, level,
+                               window)
         history.extend(losses)
         done += steps
     if not scored:
         return candidates[chosen], chosen, history, None
-    end_score = objective.score(candidates[chosen])
+    start_score, end_score = objective.scores([received, candidates[chosen]])  # at the last level
     kept_start = bool(stage.get("guard", False) and end_score > start_score)
     guard = {"start": start_score, "end": end_score, "kept_start": kept_start}
     return (received, 0, history, guard) if kept_start else (candidates[chosen], chosen, history, guard)

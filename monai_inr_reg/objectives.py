@@ -140,12 +140,22 @@ class Similarity:
     def parameter_groups(self) -> list[dict]:
         return []
 
-    def __call__(self, moved_mm: torch.Tensor, fixed_values: torch.Tensor, **_) -> torch.Tensor:
+    def _inside(self, moved_voxel: torch.Tensor) -> torch.Tensor:
+        """``(P,)`` bool: the moved points ``(P, D)`` (moving voxels) that land in the moving grid (and mask)."""
+        inside = ((moved_voxel >= 0) & (moved_voxel <= self.pair.moving_last_voxel)).all(1)
+        if self.pair.moving_mask is not None:
+            inside = inside & self.pair.in_moving_mask(moved_voxel.detach())
+        return inside
+
+    def __call__(self, moved_mm: torch.Tensor, fixed_values: torch.Tensor, *, keep: torch.Tensor | None = None,
+                 **_) -> torch.Tensor:
+        """The data term at the moved points ``(P, D)`` (LPS mm) inside the moving grid (and mask), and
+        where ``keep`` ``(P,)`` (bool, optional) is true."""
         pair = self.pair
         moved_voxel = apply_affine(self.moving_voxel_from_mm, moved_mm.to(torch.float32))
-        inside = ((moved_voxel >= 0) & (moved_voxel <= pair.moving_last_voxel)).all(1)
-        if pair.moving_mask is not None:
-            inside = inside & pair.in_moving_mask(moved_voxel.detach())
+        inside = self._inside(moved_voxel)
+        if keep is not None:
+            inside = inside & keep
         inside = inside.nonzero()[:, 0]
         fixed_values = fixed_values.index_select(0, inside)
         if self.metric == "local_cc":
@@ -166,12 +176,30 @@ class Similarity:
 
     def score(self, motion) -> float:
         """The data term of ``motion`` (a callable on ``(P, D)`` LPS mm points) on up to ``SCORE_POINTS``
-        fixed voxels at the current level (an even stride: the same points for every motion);
-        ``inf`` when no point lands in the moving image."""
+        fixed voxels at the current level (an even stride) that it takes inside the moving grid;
+        ``inf`` when none lands there. To compare motions, :meth:`scores`."""
+        return self.scores([motion])[0]
+
+    def scores(self, motions: list) -> list[float]:
+        """The data terms of ``motions`` (callables as in :meth:`score`) on the same points: the strided
+        fixed voxels of :meth:`score` that every one of them takes inside the moving grid (and mask);
+        with none in common, each on its own (``inf`` for one that takes no point inside).
+
+        Each motion scored on its own overlap would be judged on different voxels: one that moves a
+        discordant border slice out of view would look better for that alone (the 3D stroke pair as
+        aligned: mutual information 0.583 nats at the truth, 0.648 after a shift of 0.05 mm that drops
+        one face; 0.586 for both on their common voxels)."""
         stride = max(1, -(-self.pair.fixed_values.shape[0] // self.SCORE_POINTS))
+        points, fixed_values = self.pair.fixed_points_mm[::stride], self.fixed_values[::stride]
         with torch.no_grad():
-            value = float(self(motion(self.pair.fixed_points_mm[::stride]), self.fixed_values[::stride]))
-        return math.inf if math.isnan(value) else value
+            moved = [motion(points) for motion in motions]
+            common = None
+            if len(moved) > 1:
+                inside = torch.stack([self._inside(apply_affine(self.moving_voxel_from_mm, m.to(torch.float32)))
+                                      for m in moved])
+                common = inside.all(0) if bool(inside.all(0).any()) else None
+            values = [float(self(m, fixed_values, keep=common)) for m in moved]
+        return [math.inf if math.isnan(v) else v for v in values]
 
     SCORE_POINTS = 1 << 16
 
@@ -228,8 +256,7 @@ _WEAK_GAIN = 3.0
 _WEAK_POSE_NATS = 0.45
 
 
-def match_quality(pair: ImagePair, motion, initial: torch.Tensor | None, stage: dict, *,
-                  starts: dict | None = None) -> dict:
+def match_quality(pair: ImagePair, motion, initial: torch.Tensor | None, stage: dict) -> dict:
     """How well the images match by ``stage``'s objective (a :class:`Similarity` on the sharp images,
     lower is better) with no registration (the grids placed through their affines), at the start of
     the first stage (``initial``; None: identity), and at the end (``motion``); ``suspect`` when the
@@ -238,16 +265,12 @@ def match_quality(pair: ImagePair, motion, initial: torch.Tensor | None, stage: 
     the images at the better start share little information (under ``_WEAK_START_NATS``) and the
     registration, ending with a field (a hash or grid motion), multiplied it by more than
     ``_WEAK_GAIN``: the field made most of the match it reports. A rigid or affine map that does so
-    has found the images (it has too few degrees of freedom to make a match). ``starts``: an earlier
-    result of this function for the same pair and stage, whose two starts are taken as they are."""
+    has found the images (it has too few degrees of freedom to make a match). The three are scored on
+    the same voxels (:meth:`Similarity.scores`)."""
     similarity = Similarity(pair, stage)
-    if starts is None:
-        start = torch.eye(pair.ndim + 1, dtype=torch.float64) if initial is None else initial
-        no_registration = similarity.score(lambda points: points)
-        at_start = similarity.score(lambda points: apply_affine(start, points))
-    else:
-        no_registration, at_start = starts["no_registration"], starts["start"]
-    final = similarity.score(motion)
+    start = torch.eye(pair.ndim + 1, dtype=torch.float64) if initial is None else initial
+    no_registration, at_start, final = similarity.scores([lambda points: points,
+                                                         lambda points: apply_affine(start, points), motion])
     best = min(no_registration, at_start)
     suspect = bool(math.isfinite(best) and final > best + _SUSPECT_MARGIN * abs(best))
     weak = bool(isinstance(motion, (HashMotion, GridMotion)) and _shares_little(stage["objective"], best)

@@ -203,8 +203,8 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
             if len(candidates) > 1 and records[-1]["started_from"] == "start":
                 logger.info("monai_inr_reg: stage %r matched the images better when started from the initial alignment "
                             "than from the previous stages' result; it continued from there", stage["name"])
-        if quality is None:  # the early look scored the starts already
-            quality = match_quality(pair, motion, initial, quality_stage, starts=early)
+        if quality is None:
+            quality = match_quality(pair, motion, initial, quality_stage)
         better_start = min(quality["no_registration"], quality["start"])
         if quality["suspect"]:
             logger.warning("monai_inr_reg: SUSPECT result: the images match worse after the registration (%s %.4g) "

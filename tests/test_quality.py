@@ -238,3 +238,29 @@ def test_weak_evidence_needs_a_field():
     assert -rigid["no_registration"] < 0.25 and rigid["final"] < 3 * rigid["no_registration"]  # a 3x gain
     assert rigid["final"] == pytest.approx(field["final"], rel=1e-4)
     assert not rigid["weak_evidence"] and field["weak_evidence"]
+
+
+def test_motions_are_compared_on_the_voxels_they_share():
+    """A moving image with a discordant border row: a shift of 0.05 voxel that drops that row from the
+    overlap looks better than the truth when each is scored on its own overlap. ``Similarity.scores``
+    compares them on the voxels both keep, where the truth wins; so does the quality report, and a
+    registration that returns the truth from such a start is not suspect."""
+    from monai_inr_reg.config import load_preset
+    from monai_inr_reg.core.grid import ImageGrid, apply_affine
+    from monai_inr_reg.objectives import QUALITY_STAGE, Similarity, match_quality
+    from monai_inr_reg.pair import prepare_pair
+
+    fixed = pair()[0]
+    moving = 1.0 - fixed  # another contrast, aligned
+    moving[0, -1, :] = 0.0  # the last row dark, where the other contrast would make it bright
+    grid = ImageGrid.from_ras_affine(tuple(fixed.shape[1:]), None)
+    prepared = prepare_pair(fixed, grid, moving, grid, load_preset("multimodal-deformable"), "cpu")
+    similarity = Similarity(prepared, QUALITY_STAGE)
+    truth, start = (lambda points: points), translation((-0.05, 0.0))  # LPS -x: the last row leaves the grid
+    shifted_start = lambda points: apply_affine(start, points)  # noqa: E731
+    alone = (similarity.score(truth), similarity.score(shifted_start))
+    together = similarity.scores([truth, shifted_start])
+    assert alone[1] < alone[0] - 0.01  # on their own overlaps the start looks better than the truth
+    assert together[0] < together[1] - 0.005  # on the voxels both keep, the truth is better
+    quality = match_quality(prepared, truth, start, QUALITY_STAGE)
+    assert quality["final"] < quality["start"] and not quality["suspect"]

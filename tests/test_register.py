@@ -241,6 +241,18 @@ def test_convergence_stops_a_level_when_its_loss_stops_improving(fixed2d):
     assert torch.allclose(interior_mean(runs[0].ddf), torch.tensor([3.0, -2.0]), atol=0.5), interior_mean(runs[0].ddf)
 
 
+def test_the_candidates_level_runs_whole_and_later_levels_stop(fixed2d):
+    """With ``candidates``, every candidate runs the first level to its end (they are compared after the
+    same effort: a start far off can sit on a plateau before it descends); the convergence window stops
+    the later levels (here at once: a tolerance nothing meets)."""
+    moving = shifted(fixed2d, (3.0, -2.0))
+    stage = {"name": "pose", "motion": "rigid", "objective": "mapped_l2", "iterations": [40, 40],
+             "smoothing_voxels": [2, 0], "schedule": "per_level", "candidates": ["previous", "start"],
+             "convergence_window": 2, "convergence_tolerance": 1e9}
+    result = register(fixed2d, moving, stages=[stage], initial_alignment="none")
+    assert result.stages[0]["iterations"] == 40 + 2
+
+
 def test_a_mind_stage_registers_a_non_monotone_contrast(fixed2d):
     """``objective: mind`` (MIND-SSC features, L2): a rigid stage and then a hash field on it recover a
     shift between contrasts that no intensity map relates monotonically; the field stays smooth."""
