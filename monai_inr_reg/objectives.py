@@ -182,8 +182,9 @@ class Similarity:
 
     def scores(self, motions: list) -> list[float]:
         """The data terms of ``motions`` (callables as in :meth:`score`) on the same points: the strided
-        fixed voxels of :meth:`score` that every one of them takes inside the moving grid (and mask);
-        with none in common, each on its own (``inf`` for one that takes no point inside).
+        fixed voxels of :meth:`score` that every one of them takes inside the moving grid (and mask).
+        When those are fewer than ``SHARED_SHARE`` of the largest overlap, the motions do not look at the
+        same part of the images, and each is scored on its own (``inf`` for one that takes no point inside).
 
         Each motion scored on its own overlap would be judged on different voxels: one that moves a
         discordant border slice out of view would look better for that alone (the 3D stroke pair as
@@ -197,11 +198,14 @@ class Similarity:
             if len(moved) > 1:
                 inside = torch.stack([self._inside(apply_affine(self.moving_voxel_from_mm, m.to(torch.float32)))
                                       for m in moved])
-                common = inside.all(0) if bool(inside.all(0).any()) else None
+                shared = inside.all(0)
+                if int(shared.sum()) >= self.SHARED_SHARE * int(inside.sum(1).max()):
+                    common = shared
             values = [float(self(m, fixed_values, keep=common)) for m in moved]
         return [math.inf if math.isnan(v) else v for v in values]
 
     SCORE_POINTS = 1 << 16
+    SHARED_SHARE = 0.5
 
 
 def penalises_field(stage: dict) -> bool:

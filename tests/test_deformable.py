@@ -97,7 +97,8 @@ def test_image_net_deformable_stage_runs_and_helps():
                        "fixed_points_cover_table": False}
     image_net_stage.pop("bins"), image_net_stage.pop("guard")  # options of the classical objectives
     mi_stage = {**field, "iterations": 100, "warmup": 0.0, "coarse_to_fine_share": 0.0}
-    paper_image_net = {"encoding": {"n_levels": 16, "finest_resolution": 256}}  # the paper's (and base.yaml's) image net
+    paper_image_net = {"encoding": {"n_levels": 16, "finest_resolution": 256},  # the paper's (and base.yaml's) image net
+                       "network": {"n_neurons": 64}}
     result = register(fixed, moving, "deformable", seed=0, progress=False, stages=[image_net_stage, mi_stage],
                       image=paper_image_net)
     assert [name for name, _ in result.stage_ends] == ["image_net", "deformable"]

@@ -264,3 +264,6 @@ def test_motions_are_compared_on_the_voxels_they_share():
     assert together[0] < together[1] - 0.005  # on the voxels both keep, the truth is better
     quality = match_quality(prepared, truth, start, QUALITY_STAGE)
     assert quality["final"] < quality["start"] and not quality["suspect"]
+    # a motion that keeps under half of the other's overlap looks at other voxels: each on its own
+    away = lambda points: apply_affine(translation((-0.7 * SHAPE[0], 0.0)), points)  # noqa: E731
+    assert similarity.scores([truth, away]) == [similarity.score(truth), similarity.score(away)]
