@@ -3,7 +3,9 @@
 The C++ source ``csrc/hash_grid_cpu.cpp`` registers torch custom ops for the hash-grid encoding
 (``torch.ops.monai_inr_reg.hash_grid_fwd`` / ``hash_grid_bwd``), the coordinate MLP
 (``mlp_fwd`` / ``mlp_bwd``, :func:`mlp_forward_kernel`) and the linear sampling of an image
-(``sample_linear_fwd`` / ``sample_linear_bwd``, :func:`sample_linear_kernel`), and is compiled with
+(``sample_linear_fwd`` / ``sample_linear_bwd``, :func:`sample_linear_kernel`), the data terms of
+:class:`~monai_inr_reg.objectives.Similarity` with their gradient (``similarity_fwd``,
+:func:`similarity_kernel`), and is compiled with
 ``torch.utils.cpp_extension.load`` the first time :func:`kernel_available` is called in a process.
 The build is cached per installed copy: in a folder of its own under ``$TORCH_EXTENSIONS_DIR``
 (default ``~/.cache/torch_extensions``) named by a hash of the source's content and location, the
@@ -37,7 +39,8 @@ from .core.encoding import HashGridSpec, _check_inputs
 from .core.mlp import MLPSpec
 
 __all__ = ["kernel_available", "kernel_disabled", "hash_grid_encode_kernel", "mlp_kernel_supports",
-           "mlp_forward_kernel", "sample_kernel_supports", "sample_linear_kernel", "ENV_SWITCH", "build_info", "build_directory"]
+           "mlp_forward_kernel", "sample_kernel_supports", "sample_linear_kernel", "similarity_kernel_supports",
+           "similarity_kernel", "ENV_SWITCH", "build_info", "build_directory"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +112,7 @@ def _build() -> None:
                 errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip()[:300]}")
         else:
             raise RuntimeError("; ".join(errors))
-        missing = [op for op in ("hash_grid_fwd", "mlp_fwd", "sample_linear_fwd") if not hasattr(torch.ops.monai_inr_reg, op)]
+        missing = [op for op in ("hash_grid_fwd", "mlp_fwd", "sample_linear_fwd", "similarity_fwd") if not hasattr(torch.ops.monai_inr_reg, op)]
         if missing:
             raise RuntimeError(f"the built library did not register torch.ops.monai_inr_reg.{missing}")
     except Exception as exc:  # no compiler, no ninja, compile error, ...: fall back, say why
@@ -284,3 +287,54 @@ def sample_linear_kernel(image: torch.Tensor, points_voxel: torch.Tensor, paddin
                          f"zeros or border padding, got image {tuple(image.shape)} {image.dtype} on {image.device}, "
                          f"points {tuple(points_voxel.shape)}, padding {padding_mode!r}")
     return _SampleLinearFunction.apply(image, points, padding_mode == "border")
+
+
+SIMILARITY_METRICS = {"mutual_information": 0, "mapped_l2": 1}  # the kernel's metric codes
+
+
+class _SimilarityFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, image, points, fixed_values, keep, metric, bins, robust_scale, symmetric, variance_gradient):
+        loss, grad_points = torch.ops.monai_inr_reg.similarity_fwd(image, points, fixed_values, keep, metric, bins,
+                                                                    robust_scale, symmetric, variance_gradient)
+        ctx.save_for_backward(grad_points)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        (grad_points,) = ctx.saved_tensors
+        return (None, grad_points * grad_loss if ctx.needs_input_grad[1] else None) + (None,) * 7
+
+
+def similarity_kernel_supports(image: torch.Tensor, points_voxel: torch.Tensor, metric: str) -> bool:
+    """Whether :func:`similarity_kernel` computes ``metric`` here: mutual information or the mapped L2
+    of a one-channel 2D or 3D CPU float32 image that needs no gradient."""
+    return (metric in SIMILARITY_METRICS and image.shape[0] == 1
+            and sample_kernel_supports(image, points_voxel, "bilinear", "zeros"))
+
+
+def similarity_kernel(image: torch.Tensor, points_voxel: torch.Tensor, fixed_values: torch.Tensor, metric: str,
+                      bins: int, *, keep: torch.Tensor | None = None, robust_scale: float = 0.0, symmetric: bool = False,
+                      variance_gradient: bool = False) -> torch.Tensor:
+    """The data term of :class:`~monai_inr_reg.objectives.Similarity` (``mutual_information``: minus
+    :func:`~monai_inr_reg.core.losses.mutual_information`; ``mapped_l2``:
+    :func:`~monai_inr_reg.core.losses.mapped_l2`, with ``symmetric`` the mean of both directions, the
+moving values the target of the second, ``variance_gradient`` as there) in one compiled call: ``image`` ``(1, *S)``
+    sampled linearly at the voxel points ``(P, D)`` (array order) that lie inside its grid and where
+    ``keep`` ``(P,)`` is true, against ``fixed_values`` ``(P,)`` there. Returns the 0-d loss,
+    differentiable with respect to the points only (computed with the value). The same maths as the
+    torch path, in float64 where it sums; the same bits at any thread count.
+
+    Raises:
+        RuntimeError: the kernel is unavailable. ValueError: :func:`similarity_kernel_supports` is false.
+    """
+    if not kernel_available():
+        raise RuntimeError(f"similarity_kernel(): the compiled kernel is unavailable ({_STATE['error'] or ENV_SWITCH + ' is set'})")
+    points = points_voxel.to(image.dtype) if points_voxel.dtype != image.dtype else points_voxel
+    if not similarity_kernel_supports(image, points, metric):
+        raise ValueError("similarity_kernel(): needs a (1, *S) CPU float32 image without gradient, (P, D) points and a "
+                         f"metric of {sorted(SIMILARITY_METRICS)}, got image {tuple(image.shape)} {image.dtype} on "
+                         f"{image.device}, points {tuple(points_voxel.shape)}, metric {metric!r}")
+    return _SimilarityFunction.apply(image, points, fixed_values, keep, SIMILARITY_METRICS[metric], int(bins),
+                                     float(robust_scale), bool(symmetric), bool(variance_gradient))

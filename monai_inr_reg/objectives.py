@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from . import _ext
 from .core.encoding import level_weights
 from .core.grid import apply_affine
 from .core.losses import mapped_l2, mutual_information, normalise_rows, window_offsets
@@ -124,6 +125,8 @@ class Similarity:
         self.variance_gradient = variance_gradient
         self.window_radius = int(stage.get("window_radius", 1))
         self.moving_voxel_from_mm = pair.moving_voxel_from_mm.to(device=pair.fixed_values.device, dtype=torch.float32)
+        # one compiled call for the value and its gradient (the torch path: about 50 small operations a step)
+        self.fused = self.metric in ("mutual_information", "mapped_l2")
         self.set_level(0.0)
 
     def set_level(self, sigma_voxels: float) -> None:
@@ -153,6 +156,13 @@ class Similarity:
         where ``keep`` ``(P,)`` (bool, optional) is true."""
         pair = self.pair
         moved_voxel = apply_affine(self.moving_voxel_from_mm, moved_mm.to(torch.float32))
+        if self.fused and _ext.similarity_kernel_supports(self.moving, moved_voxel, self.metric) and _ext.kernel_available():
+            if pair.moving_mask is not None:
+                in_mask = pair.in_moving_mask(moved_voxel.detach())
+                keep = in_mask if keep is None else keep & in_mask
+            return _ext.similarity_kernel(self.moving, moved_voxel, fixed_values, self.metric, self.bins, keep=keep,
+                                          robust_scale=self.robust_scale, symmetric=self.symmetric,
+                                          variance_gradient=self.variance_gradient)
         inside = self._inside(moved_voxel)
         if keep is not None:
             inside = inside & keep

@@ -215,15 +215,15 @@ def test_mutual_information_sees_non_monotone_contrasts():
 def test_mutual_information_equals_the_dense_hat_histogram(n_bins):
     """mutual_information accumulates its joint histogram from the 4 bins around each point; the
     definition is the product of the (P, n_bins) hat bases: same value and gradients in both
-    arguments (1e-5 relative), values outside [0, 1] included."""
+    arguments (1e-5 and 5e-5 relative), values outside [0, 1] included."""
     from monai_inr_reg.core.losses import mutual_information
 
     gen = torch.Generator().manual_seed(2)
     a = (1.3 * torch.rand(6000, generator=gen) - 0.15).requires_grad_(True)
     b = (non_monotone(a.detach().clamp(0, 1)) + 0.05 * torch.randn(6000, generator=gen)).requires_grad_(True)
 
-    def reference():
-        joint = hat_basis(a, n_bins).T @ hat_basis(b, n_bins) / a.shape[0]
+    def reference():  # in float64: a float32 matrix product of the bases is off by 1e-5 with 2 bins (AMD EPYC)
+        joint = hat_basis(a.double(), n_bins).T @ hat_basis(b.double(), n_bins) / a.shape[0]
         p_a, p_b = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
         return (joint * ((joint + 1e-10).log() - (p_a + 1e-10).log() - (p_b + 1e-10).log())).sum()
 
@@ -231,7 +231,7 @@ def test_mutual_information_equals_the_dense_hat_histogram(n_bins):
     assert float(slow.detach()) > 0.01  # the pair shares information (2 bins: 0.016 nats)
     assert float(fast) == pytest.approx(float(slow), rel=1e-5)
     for x, y in zip(torch.autograd.grad(fast, (a, b)), torch.autograd.grad(slow, (a, b))):
-        assert float((x - y).abs().max()) <= 1e-5 * float(y.abs().max())
+        assert float((x - y).abs().max()) <= 5e-5 * float(y.abs().max())  # float32 against float64
 
 
 def test_refinement_points_cover_the_finest_motion_level():

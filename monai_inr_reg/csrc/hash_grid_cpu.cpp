@@ -848,6 +848,269 @@ at::Tensor sample_linear_bwd(const at::Tensor& grad_out, const at::Tensor& image
   return grad_points;
 }
 
+// ---------------------------------------------------------------------------------------------
+// The data term of monai_inr_reg.objectives.Similarity for "mutual_information" and "mapped_l2", and
+// its gradient with respect to the moved points, in one call (the torch path took about 50 small
+// operations a step; monai_inr_reg/core/losses.py holds the same maths and their documentation):
+//   1. per point: inside the moving grid ([0, size - 1] on every axis) and `keep`; there, the moving
+//      image's linear sample and its spatial gradient (zeros padding, as sample_linear above);
+//   2. the statistics of the inside points in float64: the joint hat histogram (mutual information)
+//      or the tridiagonal normal equations of the piecewise-linear intensity map (mapped L2);
+//      accumulated in chunks of a fixed size and summed in chunk order, so the same bits at any
+//      thread count;
+//   3. per point: d loss / d moving value, times the spatial gradient.
+// a = the moving values, b = the fixed values (no gradient), both about [0, 1], on `bins` hat knots.
+
+constexpr int64_t kMetricMutualInformation = 0;
+constexpr int64_t kMetricMappedL2 = 1;
+constexpr int64_t kChunk = 4096;
+
+struct HatCell {
+  int64_t index;  // lower knot, 0 .. bins - 2
+  float frac;     // position in the cell, [0, 1]
+  bool moves;     // the value was not clamped: its gradient passes (torch.clamp: inclusive)
+};
+
+inline HatCell hat_cell(float v, int64_t bins) {
+  const float c = std::min(std::max(v, 0.0f), 1.0f);
+  const float x = c * static_cast<float>(bins - 1);
+  const float lower = std::min(std::floor(x), static_cast<float>(bins - 2));
+  return {static_cast<int64_t>(lower), x - lower, v >= 0.0f && v <= 1.0f};
+}
+
+template <int D>
+void sample_value_and_gradient(const float* image, const int64_t* size, const float* X, const bool* keep,
+                               float* value, float* grad, uint8_t* inside, int64_t n_points) {
+  for_each_located_point<D>(size, X, n_points, false, [&](int64_t p, const LinearCorners<D>* cs, int64_t) {
+    const float* x = X + p * D;
+    bool in = cs != nullptr && (keep == nullptr || keep[p]);
+    for (int d = 0; d < D && in; ++d) in = x[d] >= 0.0f && x[d] <= static_cast<float>(size[d] - 1);
+    inside[p] = in;
+    float* g = grad + p * D;
+    value[p] = 0.0f;
+    for (int d = 0; d < D; ++d) g[d] = 0.0f;
+    if (!in) return;
+    float v[1 << D];
+    float acc = 0.0f;
+    for (int c = 0; c < (1 << D); ++c) {
+      v[c] = cs->valid[c] ? image[cs->offset[c]] : 0.0f;
+      acc += cs->weight[c] * v[c];
+    }
+    value[p] = acc;
+    for (int d = 0; d < D; ++d) {
+      if (!cs->moves[d]) continue;
+      float s = 0.0f;
+      for (int c = 0; c < (1 << D); ++c) {
+        float w = 1.0f;
+        for (int e = 0; e < D; ++e)
+          if (e != d) w *= ((c >> e) & 1) ? cs->w1[e] : cs->w0[e];
+        s += ((c >> d) & 1) ? w * v[c] : -w * v[c];
+      }
+      g[d] = s;
+    }
+  });
+}
+
+// sum over the inside points of `add(p, buffer)` into a float64 buffer of `width`, in fixed chunks
+template <typename Add>
+std::vector<double> chunked_sum(int64_t n_points, int64_t width, Add&& add) {
+  const int64_t n_chunks = (n_points + kChunk - 1) / kChunk;
+  std::vector<double> partial(static_cast<size_t>(std::max<int64_t>(n_chunks, 1) * width), 0.0);
+  at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double* buffer = partial.data() + c * width;
+      for (int64_t p = c * kChunk; p < std::min(n_points, (c + 1) * kChunk); ++p) add(p, buffer);
+    }
+  });
+  std::vector<double> total(static_cast<size_t>(width), 0.0);
+  for (int64_t c = 0; c < n_chunks; ++c)
+    for (int64_t i = 0; i < width; ++i) total[i] += partial[c * width + i];
+  return total;
+}
+
+// minus the mutual information (nats); da[p] = d loss / d a_p
+double mutual_information_term(const float* a, const float* b, const uint8_t* inside, int64_t P, int64_t bins,
+                               float* da) {
+  const int64_t K = bins;
+  auto sums = chunked_sum(P, K * K + 1, [&](int64_t p, double* h) {
+    if (!inside[p]) return;
+    const HatCell ca = hat_cell(a[p], K), cb = hat_cell(b[p], K);
+    const double ua = ca.frac, ub = cb.frac, la = 1.0 - ua, lb = 1.0 - ub;
+    double* row = h + ca.index * K + cb.index;
+    row[0] += la * lb;
+    row[1] += la * ub;
+    row[K] += ua * lb;
+    row[K + 1] += ua * ub;
+    h[K * K] += 1.0;
+  });
+  const double n = std::max(sums[K * K], 1.0), eps = 1e-10;
+  std::vector<double> joint(K * K), pa(K, 0.0), pb(K, 0.0);
+  for (int64_t i = 0; i < K; ++i)
+    for (int64_t j = 0; j < K; ++j) {
+      joint[i * K + j] = sums[i * K + j] / n;
+      pa[i] += joint[i * K + j];
+      pb[j] += joint[i * K + j];
+    }
+  double mi = 0.0;
+  std::vector<double> dmi(K * K);  // d MI / d joint(i, j), through the marginals too
+  for (int64_t i = 0; i < K; ++i)
+    for (int64_t j = 0; j < K; ++j) {
+      const double J = joint[i * K + j];
+      const double log_ratio = std::log(J + eps) - std::log(pa[i] + eps) - std::log(pb[j] + eps);
+      mi += J * log_ratio;
+      dmi[i * K + j] = log_ratio + J / (J + eps) - pa[i] / (pa[i] + eps) - pb[j] / (pb[j] + eps);
+    }
+  const double scale = -static_cast<double>(K - 1) / n;  // loss = -MI; d frac / d value = K - 1
+  at::parallel_for(0, P, 2048, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      da[p] = 0.0f;
+      if (!inside[p]) continue;
+      const HatCell ca = hat_cell(a[p], K), cb = hat_cell(b[p], K);
+      if (!ca.moves) continue;
+      const double* g = dmi.data() + ca.index * K + cb.index;
+      const double ub = cb.frac;
+      da[p] = static_cast<float>(scale * ((1.0 - ub) * (g[K] - g[0]) + ub * (g[K + 1] - g[1])));
+    }
+  });
+  return -mi;
+}
+
+// mean(rho((g(s) - t)^2 / var(t))) with g the ridge least-squares piecewise-linear map from the source
+// s to the target t (no gradient through g) and rho the identity or, when robust_scale > 0,
+// Geman-McClure. Adds weight * d term / d s_p to ds[p] and weight * d term / d t_p to dt[p] (either may
+// be nullptr; through var(t) too with variance_gradient).
+double mapped_l2_term(const float* s, const float* t, const uint8_t* inside, int64_t P, int64_t bins,
+                      double robust_scale, bool variance_gradient, double weight, float* ds, float* dt) {
+  const int64_t K = bins;
+  // diag (K), off (K), rhs (K), count, sum t
+  auto sums = chunked_sum(P, 3 * K + 2, [&](int64_t p, double* h) {
+    if (!inside[p]) return;
+    const HatCell cs = hat_cell(s[p], K);
+    const double u = cs.frac, l = 1.0 - u, target = t[p];
+    const int64_t i = cs.index;
+    h[i] += l * l;
+    h[i + 1] += u * u;
+    h[K + i] += l * u;
+    h[2 * K + i] += l * target;
+    h[2 * K + i + 1] += u * target;
+    h[3 * K] += 1.0;
+    h[3 * K + 1] += target;
+  });
+  const double n = sums[3 * K];
+  if (n < 2) return std::nan("");  // torch: the variance of fewer than two values
+  const double mean_t = sums[3 * K + 1] / n;
+  auto ss = chunked_sum(P, 1, [&](int64_t p, double* h) {
+    if (inside[p]) h[0] += (t[p] - mean_t) * (t[p] - mean_t);
+  });
+  const double raw_var = ss[0] / (n - 1.0);
+  const double var = std::max(raw_var, 1e-8);
+  // the tridiagonal normal equations (Thomas algorithm)
+  std::vector<double> diag(sums.begin(), sums.begin() + K), off(sums.begin() + K, sums.begin() + 2 * K),
+      coef(sums.begin() + 2 * K, sums.begin() + 3 * K);
+  const double ridge = 1e-3 * n / static_cast<double>(K);
+  for (auto& d : diag) d += ridge;
+  for (int64_t i = 1; i < K; ++i) {
+    const double w = off[i - 1] / diag[i - 1];
+    diag[i] -= w * off[i - 1];
+    coef[i] -= w * coef[i - 1];
+  }
+  coef[K - 1] /= diag[K - 1];
+  for (int64_t i = K - 2; i >= 0; --i) coef[i] = (coef[i] - off[i] * coef[i + 1]) / diag[i];
+  const double c2 = robust_scale * robust_scale;
+  // per point: the term and d term / d squared-residual-over-var
+  std::vector<double> term(static_cast<size_t>(P), 0.0), dterm(static_cast<size_t>(P), 0.0),
+      residual(static_cast<size_t>(P), 0.0);
+  at::parallel_for(0, P, 2048, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      if (!inside[p]) continue;
+      const HatCell cs = hat_cell(s[p], K);
+      const double u = cs.frac;
+      const double r = coef[cs.index] * (1.0 - u) + coef[cs.index + 1] * u - t[p];
+      const double q = r * r / var;
+      residual[p] = r;
+      term[p] = q;
+      dterm[p] = 1.0;
+      if (robust_scale > 0) {
+        term[p] = c2 * q / (q + c2);
+        dterm[p] = c2 * c2 / ((q + c2) * (q + c2));
+      }
+    }
+  });
+  // d loss / d var through every term (the variance's own gradient; none where it was clamped)
+  double dvar = 0.0;
+  if (dt != nullptr && variance_gradient && raw_var > 1e-8) {
+    auto acc = chunked_sum(P, 1, [&](int64_t p, double* h) {
+      if (inside[p]) h[0] -= dterm[p] * residual[p] * residual[p] / (var * var);
+    });
+    dvar = acc[0] / n;
+  }
+  at::parallel_for(0, P, 2048, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      if (!inside[p]) continue;
+      const double r = residual[p];
+      if (ds != nullptr) {
+        const HatCell cs = hat_cell(s[p], K);
+        if (cs.moves)
+          ds[p] += static_cast<float>(weight * dterm[p] * 2.0 * r / var * (coef[cs.index + 1] - coef[cs.index]) * (K - 1) / n);
+      }
+      if (dt != nullptr)
+        dt[p] += static_cast<float>(weight * (-dterm[p] * 2.0 * r / var / n + dvar * 2.0 * (t[p] - mean_t) / (n - 1.0)));
+    }
+  });
+  auto total = chunked_sum(P, 1, [&](int64_t p, double* h) { h[0] += term[p]; });
+  return total[0] / n;
+}
+
+std::tuple<at::Tensor, at::Tensor> similarity_fwd(const at::Tensor& image_in, const at::Tensor& points_in,
+                                                  const at::Tensor& fixed_in, const c10::optional<at::Tensor>& keep_in,
+                                                  int64_t metric, int64_t bins, double robust_scale, bool symmetric,
+                                                  bool variance_gradient) {
+  check_sample_inputs(image_in, points_in);
+  TORCH_CHECK(image_in.size(0) == 1, "similarity: 'image' must have one channel");
+  TORCH_CHECK(metric == kMetricMutualInformation || metric == kMetricMappedL2, "similarity: unknown metric ", metric);
+  TORCH_CHECK(bins >= 2, "similarity: 'bins' must be at least 2");
+  auto image = image_in.contiguous();
+  auto points = points_in.contiguous();
+  const int64_t D = points.size(1), P = points.size(0);
+  auto fixed = fixed_in.to(at::kFloat).contiguous();
+  TORCH_CHECK(fixed.dim() == 1 && fixed.size(0) == P, "similarity: 'fixed' must be (P,)");
+  at::Tensor keep;
+  if (keep_in.has_value() && keep_in->defined()) {
+    keep = keep_in->to(at::kBool).contiguous();
+    TORCH_CHECK(keep.dim() == 1 && keep.size(0) == P, "similarity: 'keep' must be (P,)");
+  }
+  int64_t size[3];
+  for (int64_t d = 0; d < D; ++d) size[d] = image.size(d + 1);
+  auto value = at::empty({P}, points.options());
+  auto grad = at::empty({P, D}, points.options());
+  std::vector<uint8_t> inside(static_cast<size_t>(P));
+  const bool* keep_ptr = keep.defined() ? keep.data_ptr<bool>() : nullptr;
+  if (D == 2)
+    sample_value_and_gradient<2>(image.data_ptr<float>(), size, points.data_ptr<float>(), keep_ptr,
+                                 value.data_ptr<float>(), grad.data_ptr<float>(), inside.data(), P);
+  else
+    sample_value_and_gradient<3>(image.data_ptr<float>(), size, points.data_ptr<float>(), keep_ptr,
+                                 value.data_ptr<float>(), grad.data_ptr<float>(), inside.data(), P);
+  std::vector<float> da(static_cast<size_t>(P), 0.0f);
+  const float* a = value.data_ptr<float>();
+  const float* b = fixed.data_ptr<float>();
+  double loss;
+  if (metric == kMetricMutualInformation) {
+    loss = mutual_information_term(a, b, inside.data(), P, bins, da.data());
+  } else if (!symmetric) {
+    loss = mapped_l2_term(a, b, inside.data(), P, bins, robust_scale, false, 1.0, da.data(), nullptr);
+  } else {  // the map both ways: moving -> fixed, and fixed -> moving (the moving values the target)
+    loss = 0.5 * (mapped_l2_term(a, b, inside.data(), P, bins, robust_scale, false, 0.5, da.data(), nullptr) +
+                  mapped_l2_term(b, a, inside.data(), P, bins, robust_scale, variance_gradient, 0.5, nullptr, da.data()));
+  }
+  float* g = grad.data_ptr<float>();
+  at::parallel_for(0, P, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p)
+      for (int64_t d = 0; d < D; ++d) g[p * D + d] *= da[p];
+  });
+  return {at::scalar_tensor(loss, points.options()), grad};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(monai_inr_reg, m) {
@@ -859,6 +1122,8 @@ TORCH_LIBRARY(monai_inr_reg, m) {
   m.def("mlp_bwd(Tensor grad_out, Tensor x, Tensor[] weights, Tensor[] biases, bool need_x) -> Tensor[]");
   m.def("sample_linear_fwd(Tensor image, Tensor points, bool border) -> Tensor");
   m.def("sample_linear_bwd(Tensor grad_out, Tensor image, Tensor points, bool border) -> Tensor");
+  m.def("similarity_fwd(Tensor image, Tensor points, Tensor fixed, Tensor? keep, int metric, int bins, "
+        "float robust_scale, bool symmetric, bool variance_gradient) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(monai_inr_reg, CPU, m) {
@@ -868,4 +1133,5 @@ TORCH_LIBRARY_IMPL(monai_inr_reg, CPU, m) {
   m.impl("mlp_bwd", &mlp_bwd);
   m.impl("sample_linear_fwd", &sample_linear_fwd);
   m.impl("sample_linear_bwd", &sample_linear_bwd);
+  m.impl("similarity_fwd", &similarity_fwd);
 }
