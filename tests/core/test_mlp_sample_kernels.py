@@ -34,7 +34,8 @@ def _values_and_gradients(fn, x, weights, biases, spec, grad_out):
 
 @pytest.mark.parametrize("rows", [0, 1, 7, 8, 9, 511, 512, 513, 4225, 19456])
 @pytest.mark.parametrize("network", [{"n_neurons": 32, "n_hidden_layers": 1}, {"n_neurons": 16, "n_hidden_layers": 2},
-                                     {"n_neurons": 8, "n_hidden_layers": 0}])
+                                     {"n_neurons": 8, "n_hidden_layers": 0}, {"n_neurons": 64, "n_hidden_layers": 2},
+                                     {"n_neurons": 20, "n_hidden_layers": 1}])
 def test_mlp_kernel_equals_pytorch(rows, network):
     """Values and the gradients to the inputs, weights and biases (every block and tile size: fewer
     points than a tile, a partial tile, a partial block of the weight-gradient sums)."""
@@ -83,9 +84,11 @@ def test_coordinate_net_uses_the_mlp_kernel_where_it_is_faster(monkeypatch):
     CoordinateNet(3, 3, encoding, {"n_neurons": 32, "n_hidden_layers": 1})(points)
     assert len(calls) == 1
     CoordinateNet(3, 3, encoding, {"n_neurons": 32, "n_hidden_layers": 1}, backend="torch")(points)
-    CoordinateNet(3, 3, encoding, {"n_neurons": 64, "n_hidden_layers": 2})(points)  # wider: torch's products
+    CoordinateNet(3, 3, encoding, {"n_neurons": 64, "n_hidden_layers": 2})(points)
+    assert len(calls) == 2
+    CoordinateNet(3, 3, encoding, {"n_neurons": 128, "n_hidden_layers": 1})(points)  # wider: torch's products
     CoordinateNet(3, 3, encoding, {"n_neurons": 32, "n_hidden_layers": 1, "activation": "Tanh"})(points)
-    assert len(calls) == 1
+    assert len(calls) == 2
 
 
 def _grid_sample(image, points, padding_mode):
