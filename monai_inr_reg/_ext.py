@@ -322,8 +322,8 @@ def similarity_kernel(image: torch.Tensor, points_voxel: torch.Tensor, fixed_val
     """The data term of :class:`~monai_inr_reg.objectives.Similarity` (``mutual_information``: minus
     :func:`~monai_inr_reg.core.losses.mutual_information`; ``mapped_l2``:
     :func:`~monai_inr_reg.core.losses.mapped_l2`, with ``symmetric`` the mean of both directions, the
-moving values the target of the second, ``variance_gradient`` as there) in one compiled call: ``image`` ``(1, *S)``
-    sampled linearly at the voxel points ``(P, D)`` (array order) that lie inside its grid and where
+    moving values the target of the second, ``variance_gradient`` as there) in one compiled call:
+    ``image`` ``(1, *S)`` sampled linearly at the voxel points ``(P, D)`` (array order) that lie inside its grid and where
     ``keep`` ``(P,)`` is true, against ``fixed_values`` ``(P,)`` there. Returns the 0-d loss,
     differentiable with respect to the points only (computed with the value). The same maths as the
     torch path, in float64 where it sums; the same bits at any thread count.

@@ -114,6 +114,10 @@ class Similarity:
     ``variance_gradient`` on that term for a hash motion, which could otherwise flatten the
     sampled moving values to cheapen it). Points moved outside the moving grid (or mask) are left
     out (they carry no gradient).
+
+    On the CPU, ``mutual_information`` and ``mapped_l2`` are computed with their gradient in one
+    compiled call (:func:`monai_inr_reg._ext.similarity_kernel`, the same values; ``fused``: whether to
+    use it where it builds), the others and every metric on a GPU in PyTorch.
     """
 
     def __init__(self, pair: ImagePair, stage: dict, *, variance_gradient: bool = False):
@@ -126,7 +130,7 @@ class Similarity:
         self.window_radius = int(stage.get("window_radius", 1))
         self.moving_voxel_from_mm = pair.moving_voxel_from_mm.to(device=pair.fixed_values.device, dtype=torch.float32)
         # one compiled call for the value and its gradient (the torch path: about 50 small operations a step)
-        self.fused = self.metric in ("mutual_information", "mapped_l2")
+        self.fused = self.metric in _ext.SIMILARITY_METRICS
         self.set_level(0.0)
 
     def set_level(self, sigma_voxels: float) -> None:
