@@ -49,6 +49,7 @@ _APPLIES = {
     "folding_weight": ("model", ("hash",)),
     "folding_threshold": ("model", ("hash",)),
     "fixed_points_cover_table": ("model", ("hash",)),
+    "penalty_points": ("model", ("hash",)),
     "search_radius_voxels": ("model", ("grid",)),
     "search_downsample": ("model", ("grid",)),
 }
@@ -254,9 +255,11 @@ def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:
     if not smoothing or any(float(s) < 0 for s in smoothing):
         raise ValueError(f"load_preset(): {where}: 'smoothing_voxels' must be one or more sigmas >= 0, got {smoothing!r}")
     resolved["smoothing_voxels"] = [float(s) for s in smoothing]
+    for key in ("iterations", "penalty_points"):
+        if isinstance(resolved.get(key), dict) and set(resolved[key]) != set(DIMENSIONS):
+            raise ValueError(f"load_preset(): {where}: {key!r} by dimension needs exactly the keys {DIMENSIONS}, "
+                             f"got {resolved[key]!r}")
     counts = resolved["iterations"]
-    if isinstance(counts, dict) and set(counts) != set(DIMENSIONS):
-        raise ValueError(f"load_preset(): {where}: 'iterations' by dimension needs exactly the keys {DIMENSIONS}, got {counts!r}")
     for dimension, count in (counts.items() if isinstance(counts, dict) else [("", counts)]):
         what = f"{where}: 'iterations{'.' + dimension if dimension else ''}'"
         iterations = _per_level(count, len(smoothing), what)
@@ -284,6 +287,11 @@ def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:
         values = resolved[key]
         if not all(int(v) >= (2 if key == "bins" else 1) for v in (values if isinstance(values, list) else [values])):
             raise ValueError(f"load_preset(): {where}: {key!r} must be a positive count, got {resolved[key]!r}")
+    penalty = resolved.get("penalty_points", 1)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+               for v in (penalty.values() if isinstance(penalty, dict) else [penalty])):
+        raise ValueError(f"load_preset(): {where}: 'penalty_points' must be a positive integer, or one per dimension, "
+                         f"got {penalty!r}")
     if model == "grid":  # the search's levels, coarse to fine: one integer each, or lists of one length
         levels = [[value] if isinstance(value, int) else value
                   for value in (resolved["search_radius_voxels"], resolved["search_downsample"])]
@@ -303,13 +311,18 @@ def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:
     return resolved
 
 
+def for_dimension(value, ndim: int):
+    """A stage option given by dimension (``{"2d": ..., "3d": ...}``): its entry for ``ndim``; any other
+    value is the same in 2D and 3D."""
+    return value[f"{ndim}d"] if isinstance(value, dict) else value
+
+
 def stage_iterations(stage: dict, iterations_scale: float, ndim: int) -> list[int]:
     """Iterations per level of a resolved stage for a pair of dimension ``ndim`` (``iterations`` itself,
     or its ``"2d"`` / ``"3d"`` entry), times ``iterations_scale``: a total is scaled, rounded and split
     evenly (earlier levels take the remainder); a per-level list is scaled level by level."""
     n_levels = len(stage["smoothing_voxels"])
-    iterations = stage["iterations"]
-    iterations = iterations[f"{ndim}d"] if isinstance(iterations, dict) else iterations
+    iterations = for_dimension(stage["iterations"], ndim)
     if isinstance(iterations, (list, tuple)):
         return [int(round(int(i) * iterations_scale)) for i in iterations]
     total = int(round(int(iterations) * iterations_scale))
@@ -366,7 +379,8 @@ def describe_preset(preset: str | dict | Path = "deformable", **overrides: Any) 
                     emit(stage, stage_defaults, "stage_defaults.", indent + 4, first="  - ")
             elif isinstance(value, dict) and key not in _FREE_FORM:
                 lines.append(f"{pad}{key}:{suffix}")
-                emit(value, default.get(key) or {}, f"{path}{key}.", indent + 2)
+                inner = default.get(key)  # a number by dimension ({2d: .., 3d: ..}) over a plain default: no inner defaults
+                emit(value, inner if isinstance(inner, dict) else {}, f"{path}{key}.", indent + 2)
             else:
                 lines.append(f"{pad}{key}: {scalar(value)}{suffix}")
 

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .config import learning_rate_factors, stage_iterations
+from .config import for_dimension, learning_rate_factors, stage_iterations
 from .core.encoding import level_weights
 from .motion import GridMotion, HashMotion
 from .objectives import field_regulariser, penalises_field
@@ -24,7 +24,6 @@ from .pair import ImagePair
 
 __all__ = ["fit_stage", "fixed_points_per_iteration", "learning_rate_factor", "motion_parameter_groups"]
 
-PENALTY_POINTS = 1024  # regulariser points per iteration (the first of the iteration's fixed points)
 BAR_EVERY = 25  # iterations between updates of the loss shown on the progress bar
 
 
@@ -121,6 +120,7 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
                   level: int, window: int) -> list[float]:
         is_hash = isinstance(motion, HashMotion)
         penalised = is_hash and penalises_field(stage)  # displacement gradients at half the finest motion cell
+        penalty_points = int(for_dimension(stage["penalty_points"], pair.ndim)) if penalised else 0
         rough_weight = float(stage.get("smoothness_weight", 0.0)) if isinstance(motion, GridMotion) else 0.0
         losses, values = [], []  # the data term per iteration: 0-d tensors; floats for the convergence window
         for step in range(steps):
@@ -139,7 +139,7 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
             else:
                 fixed_mm, fixed_values = pair.fixed_points_mm, objective.fixed_values
             if penalised:
-                moved_mm, gradient = motion.moved_and_gradient(fixed_mm, weights, PENALTY_POINTS, 0.5 / finest)
+                moved_mm, gradient = motion.moved_and_gradient(fixed_mm, weights, penalty_points, 0.5 / finest)
             else:
                 moved_mm = motion(fixed_mm, weights) if is_hash else motion(fixed_mm)
             loss = objective(moved_mm, fixed_values, done=done, total=total, generator=generator)

@@ -79,6 +79,8 @@ def test_presets_keep_their_stages():
     assert multimodal["motions"]["deformable"]["network"]["n_neurons"] == 32  # measured: as accurate, 0.6x the time
     assert deformable["stages"][1] == load_preset("rigid")["stages"][1] | {"name": "rigid_refine"}
     assert deformable["stages"][3]["smoothness_weight"] == 0.3 and multimodal["stages"][3]["smoothness_weight"] == 1.0
+    # 2D: the same EPE with 256 regulariser points as with 1,024 (thirteenth session); 3D as before
+    assert deformable["stages"][3]["penalty_points"] == multimodal["stages"][3]["penalty_points"] == {"2d": 256, "3d": 1024}
     assert deformable["stages"][3]["smoothing_voxels"] == [1.0, 0.0] and not deformable["multimodal"]
     assert multimodal["multimodal"] and load_preset("multimodal-rigid")["multimodal"]
     refine = load_preset("rigid")["stages"][1]
@@ -103,6 +105,12 @@ def test_overrides_by_stage_name_and_a_list_of_your_own():
         load_preset("deformable", stages={"deformable": {"iterations": {"2D": 300, "3d": 600}}})
     with pytest.raises(ValueError, match=r"'iterations.3d' must be one number or one per level \(2"):
         load_preset("deformable", stages={"deformable": {"iterations": {"2d": 300, "3d": [1, 2, 3]}}})
+    with pytest.raises(ValueError, match=r"'penalty_points' by dimension needs exactly the keys"):
+        load_preset("deformable", stages={"deformable": {"penalty_points": {"2D": 256}}})
+    with pytest.raises(ValueError, match=r"'penalty_points' must be a positive integer, or one per dimension, got \[1, 2\]"):
+        load_preset("deformable", stages={"deformable": {"penalty_points": [1, 2]}})
+    with pytest.raises(ValueError, match=r"'penalty_points' applies to model hash only"):
+        load_preset("rigid", stages={"refine": {"penalty_points": 256}})
     own = load_preset("rigid", stages=[{"name": "only", "motion": "affine", "objective": "mutual_information"}])
     [stage] = own["stages"]
     assert stage["bins"] == 16 and "robust_scale" not in stage and "moving_points" not in stage

@@ -227,6 +227,33 @@ def test_iterations_by_dimension(tmp_path, fixed2d):
     assert (solid.stages[0]["iterations"], len(solid.loss_history)) == (12, 12)
 
 
+def test_penalty_points_by_dimension(fixed2d, monkeypatch):
+    """A hash stage's regulariser takes the first ``penalty_points`` of each iteration's fixed points,
+    its ``2d`` entry on a 2D pair and its ``3d`` entry on a 3D one; without a regulariser, none."""
+    from monai_inr_reg.motion import HashMotion
+
+    asked = []
+    real = HashMotion.moved_and_gradient
+
+    def spy(self, points_mm, level_weights, n_gradient, step_unit):
+        asked.append((points_mm.shape[0], n_gradient))
+        moved, gradient = real(self, points_mm, level_weights, n_gradient, step_unit)
+        assert gradient.shape == (min(n_gradient, points_mm.shape[0]),) + (points_mm.shape[1],) * 2
+        return moved, gradient
+
+    monkeypatch.setattr(HashMotion, "moved_and_gradient", spy)
+    stage = {"name": "field", "motion": "deformable", "objective": "mutual_information", "iterations": 3,
+             "fixed_points": 500, "smoothness_weight": 0.3, "penalty_points": {"2d": 40, "3d": 70}}
+    volume = phantom((12, 12, 12), seed=1)
+    for image, wanted in ((fixed2d, 40), (volume, 70)):
+        asked.clear()
+        register(image, shifted(image, (1.0,) + (0.0,) * (image.ndim - 2)), stages=[stage], initial_alignment="none")
+        assert asked == [(500, wanted)] * 3
+    asked.clear()
+    register(fixed2d, fixed2d, stages=[stage | {"smoothness_weight": 0.0}], initial_alignment="none")
+    assert asked == []
+
+
 def test_convergence_stops_a_level_when_its_loss_stops_improving(fixed2d):
     from monai_inr_reg.fit import converged
 

@@ -612,7 +612,11 @@ std::vector<at::Tensor> mlp_bwd(const at::Tensor& grad_out_in, const at::Tensor&
   }
   std::vector<float> partial(std::max<int64_t>(n_blocks, 1) * L.n_params, 0.0f);
   at::parallel_for(0, n_blocks, 1, [&](int64_t blk0, int64_t blk1) {
-    std::vector<Lanes> tiles(kTilesPerBlock * stride), grad_input(K);
+    // kept per thread between calls: a block's tiles are a few hundred KiB, and a fresh buffer each
+    // call (mapped and faulted in anew) cost as much as the arithmetic at 1,024 points
+    thread_local std::vector<Lanes> tiles;
+    tiles.resize(std::max<size_t>(tiles.size(), static_cast<size_t>(kTilesPerBlock * stride)));
+    std::vector<Lanes> grad_input(K);
     std::vector<Lanes*> acts(L.n + 1);
     for (int64_t blk = blk0; blk < blk1; ++blk) {
       const int64_t first = blk * kMlpBlock, end = std::min(P, first + kMlpBlock);
