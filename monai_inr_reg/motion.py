@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .core.grid import ImageGrid, NormalisedBox, apply_affine
-from .core.linear import about_center, nearest_rotation, rotation_matrix, rotation_parameters
+from .core.linear import centred_matrix, nearest_rotation, rotation_parameters
 from .core.sample import sample_image
 from .nn import CoordinateNet
 
@@ -46,8 +46,7 @@ class RigidMotion(nn.Module):
 
     def matrix(self) -> torch.Tensor:
         """``(D + 1, D + 1)`` float64, fixed LPS mm -> moving LPS mm."""
-        ndim = self.center_mm.shape[0]
-        return about_center(rotation_matrix(self.rotation, ndim), self.translation * self.scale_mm, self.center_mm)
+        return centred_matrix(self.rotation, self.translation, self.center_mm, rotation=True, translation_scale=self.scale_mm)
 
     def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
         return apply_affine(self.matrix(), points_mm)
@@ -67,7 +66,7 @@ class AffineMotion(nn.Module):
         self.translation = nn.Parameter((apply_affine(init, center_mm[None].to(torch.float64))[0] - center_mm) / self.scale_mm)
 
     def matrix(self) -> torch.Tensor:
-        return about_center(self.linear, self.translation * self.scale_mm, self.center_mm)
+        return centred_matrix(self.linear, self.translation, self.center_mm, rotation=False, translation_scale=self.scale_mm)
 
     def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
         return apply_affine(self.matrix(), points_mm)
