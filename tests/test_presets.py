@@ -79,8 +79,8 @@ def test_presets_keep_their_stages():
     assert multimodal["motions"]["deformable"]["network"]["n_neurons"] == 32  # measured: as accurate, 0.6x the time
     assert deformable["stages"][1] == load_preset("rigid")["stages"][1] | {"name": "rigid_refine"}
     assert deformable["stages"][3]["smoothness_weight"] == 0.3 and multimodal["stages"][3]["smoothness_weight"] == 1.0
-    # 2D: the same EPE with 256 regulariser points as with 1,024 (thirteenth session); 3D as before
-    assert deformable["stages"][3]["penalty_points"] == multimodal["stages"][3]["penalty_points"] == {"2d": 256, "3d": 1024}
+    # 256 regulariser points gave the suites' 2D pairs the same EPE in less time, but a 64 x 64 pair a worse one
+    assert deformable["stages"][3]["penalty_points"] == multimodal["stages"][3]["penalty_points"] == 1024
     assert deformable["stages"][3]["smoothing_voxels"] == [1.0, 0.0] and not deformable["multimodal"]
     assert multimodal["multimodal"] and load_preset("multimodal-rigid")["multimodal"]
     refine = load_preset("rigid")["stages"][1]
