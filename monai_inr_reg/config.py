@@ -50,6 +50,7 @@ _APPLIES = {
     "folding_threshold": ("model", ("hash",)),
     "fixed_points_cover_table": ("model", ("hash",)),
     "penalty_points": ("model", ("hash",)),
+    "fine_field_penalty_points": ("model", ("hash",)),
     "search_radius_voxels": ("model", ("grid",)),
     "search_downsample": ("model", ("grid",)),
 }
@@ -292,6 +293,9 @@ def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:
                for v in (penalty.values() if isinstance(penalty, dict) else [penalty])):
         raise ValueError(f"load_preset(): {where}: 'penalty_points' must be a positive integer, or one per dimension, "
                          f"got {penalty!r}")
+    fine = resolved.get("fine_field_penalty_points", 0)
+    if not (isinstance(fine, int) and not isinstance(fine, bool) and fine >= 0):
+        raise ValueError(f"load_preset(): {where}: 'fine_field_penalty_points' must be an integer >= 0 (0: off), got {fine!r}")
     if model == "grid":  # the search's levels, coarse to fine: one integer each, or lists of one length
         levels = [[value] if isinstance(value, int) else value
                   for value in (resolved["search_radius_voxels"], resolved["search_downsample"])]

@@ -25,6 +25,9 @@ from .pair import ImagePair
 __all__ = ["fit_stage", "fixed_points_per_iteration", "learning_rate_factor", "motion_parameter_groups"]
 
 BAR_EVERY = 25  # iterations between updates of the loss shown on the progress bar
+# below this many fixed voxels per finest motion cell, 256 regulariser points let a 2D field fold where 1,024
+# did not (64 x 64: 1.2-voxel cells); from 1.8 on they were as good (docs/benchmarks.md, thirteenth session)
+FINE_CELL_VOXELS = 1.5
 
 
 def learning_rate_factor(step: int, total: int, final_factor: float, warmup: float) -> float:
@@ -74,6 +77,18 @@ def fixed_points_per_iteration(stage: dict, motion, level: int = 0, levels_on: i
     return points
 
 
+def regulariser_points(stage: dict, pair: ImagePair, finest_resolution: float) -> int:
+    """The field regulariser's points per iteration of a hash stage: ``penalty_points`` (its entry for
+    the pair's dimension), or ``fine_field_penalty_points`` (when not 0) where the motion's finest cell,
+    the box edge over ``finest_resolution``, spans fewer than ``FINE_CELL_VOXELS`` fixed voxels along
+    the fixed image's coarsest axis."""
+    fine = int(stage.get("fine_field_penalty_points", 0))
+    cell_voxels = pair.box.scale_mm() / finest_resolution / float(pair.fixed_spacing_mm.max())
+    if fine and cell_voxels < FINE_CELL_VOXELS:
+        return fine
+    return int(for_dimension(stage["penalty_points"], pair.ndim))
+
+
 def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dict, objective, *,
               iterations_scale: float, generator: torch.Generator, bar=None) -> tuple[object, int, list[float], dict | None]:
     """Fit one stage (a resolved stage of :func:`monai_inr_reg.config.load_preset`).
@@ -120,7 +135,7 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
                   level: int, window: int) -> list[float]:
         is_hash = isinstance(motion, HashMotion)
         penalised = is_hash and penalises_field(stage)  # displacement gradients at half the finest motion cell
-        penalty_points = int(for_dimension(stage["penalty_points"], pair.ndim)) if penalised else 0
+        penalty_points = regulariser_points(stage, pair, finest) if penalised else 0
         rough_weight = float(stage.get("smoothness_weight", 0.0)) if isinstance(motion, GridMotion) else 0.0
         losses, values = [], []  # the data term per iteration: 0-d tensors; floats for the convergence window
         for step in range(steps):

@@ -44,6 +44,7 @@ class ImagePair:
     fixed: torch.Tensor           # (1, *S_fixed) normalised fixed image
     box: NormalisedBox
     center_mm: torch.Tensor       # (D,) float64 fixed image centre
+    fixed_spacing_mm: torch.Tensor  # (D,) float64 fixed voxel spacing, array order
     ndim: int
     _smoothed: dict = field(default_factory=dict, repr=False)  # sigma -> (fixed image, kept fixed values, moving)
     _features: dict = field(default_factory=dict, repr=False)  # (kind, sigma, ...) -> features of a level
@@ -129,6 +130,7 @@ def prepare_pair(fixed_image, fixed_grid: ImageGrid, moving_image, moving_grid: 
         fixed=fixed.to(device),
         box=box,
         center_mm=fixed_grid.center_mm(),
+        fixed_spacing_mm=fixed_grid.spacing,
         ndim=ndim,
     )
 

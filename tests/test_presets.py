@@ -80,7 +80,8 @@ def test_presets_keep_their_stages():
     assert deformable["stages"][1] == load_preset("rigid")["stages"][1] | {"name": "rigid_refine"}
     assert deformable["stages"][3]["smoothness_weight"] == 0.3 and multimodal["stages"][3]["smoothness_weight"] == 1.0
     # 256 regulariser points gave the suites' 2D pairs the same EPE in less time, but a 64 x 64 pair a worse one
-    assert deformable["stages"][3]["penalty_points"] == multimodal["stages"][3]["penalty_points"] == 1024
+    for field in (deformable["stages"][3], multimodal["stages"][3]):
+        assert field["penalty_points"] == {"2d": 256, "3d": 1024} and field["fine_field_penalty_points"] == 1024
     assert deformable["stages"][3]["smoothing_voxels"] == [1.0, 0.0] and not deformable["multimodal"]
     assert multimodal["multimodal"] and load_preset("multimodal-rigid")["multimodal"]
     refine = load_preset("rigid")["stages"][1]
@@ -111,6 +112,12 @@ def test_overrides_by_stage_name_and_a_list_of_your_own():
         load_preset("deformable", stages={"deformable": {"penalty_points": [1, 2]}})
     with pytest.raises(ValueError, match=r"'penalty_points' applies to model hash only"):
         load_preset("rigid", stages={"refine": {"penalty_points": 256}})
+    for bad in (-1, 2.5, True, {"2d": 256, "3d": 1024}):
+        with pytest.raises(ValueError, match=r"'fine_field_penalty_points' must be an integer >= 0 \(0: off\)"):
+            load_preset("deformable", stages={"deformable": {"fine_field_penalty_points": bad}})
+    with pytest.raises(ValueError, match=r"'fine_field_penalty_points' applies to model hash only"):
+        load_preset("rigid", stages={"refine": {"fine_field_penalty_points": 1024}})
+    assert load_preset("rigid")["stages"][1].get("fine_field_penalty_points") is None
     own = load_preset("rigid", stages=[{"name": "only", "motion": "affine", "objective": "mutual_information"}])
     [stage] = own["stages"]
     assert stage["bins"] == 16 and "robust_scale" not in stage and "moving_points" not in stage

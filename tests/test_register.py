@@ -254,6 +254,36 @@ def test_penalty_points_by_dimension(fixed2d, monkeypatch):
     assert asked == []
 
 
+def test_fine_fields_take_fine_field_penalty_points(fixed2d, monkeypatch):
+    """Where the motion's finest cell (the box edge over ``finest_resolution``) spans under 1.5 fixed
+    voxels along the coarsest axis, the regulariser takes ``fine_field_penalty_points``; elsewhere
+    ``penalty_points``. The 64 x 64 phantom's box is 75.6 voxels: 1.18-voxel cells at 64, 1.89 at 40;
+    64 x 32 voxels of 1 x 2 mm take the same box, 0.95 of their 2 mm voxels at 40."""
+    from monai.data import MetaTensor
+
+    from monai_inr_reg.motion import HashMotion
+
+    asked = []
+    real = HashMotion.moved_and_gradient
+
+    def spy(self, points_mm, level_weights, n_gradient, step_unit):
+        asked.append(n_gradient)
+        return real(self, points_mm, level_weights, n_gradient, step_unit)
+
+    monkeypatch.setattr(HashMotion, "moved_and_gradient", spy)
+    stage = {"name": "field", "motion": "deformable", "objective": "mutual_information", "iterations": 2,
+             "fixed_points": 500, "smoothness_weight": 0.3, "penalty_points": {"2d": 40, "3d": 70},
+             "fine_field_penalty_points": 90}
+    anisotropic = MetaTensor(fixed2d[:, :, :32].clone(), affine=torch.diag(torch.tensor([1.0, 2.0, 1.0, 1.0], dtype=torch.float64)))
+    volume = phantom((12, 12, 12), seed=1)
+    for image, finest, fine, wanted in ((fixed2d, 64, 90, 90), (fixed2d, 40, 90, 40), (fixed2d, 64, 0, 40),
+                                        (anisotropic, 40, 90, 90), (volume, 64, 90, 90), (volume, 4, 90, 70)):
+        asked.clear()
+        register(image, image, stages=[stage | {"fine_field_penalty_points": fine}], initial_alignment="none",
+                 **{"motions.deformable.encoding.finest_resolution": finest})
+        assert asked == [wanted] * 2, (tuple(image.shape), finest, fine, asked)
+
+
 def test_convergence_stops_a_level_when_its_loss_stops_improving(fixed2d):
     from monai_inr_reg.fit import converged
 
