@@ -2,7 +2,7 @@
 
 The C++ source ``csrc/hash_grid_cpu.cpp`` registers torch custom ops for the hash-grid encoding
 (``torch.ops.monai_inr_reg.hash_grid_fwd`` / ``hash_grid_bwd``), the coordinate MLP
-(``mlp_fwd`` / ``mlp_bwd``, :func:`mlp_forward_kernel`) and the linear sampling of an image
+(``mlp_fwd`` / ``mlp_fwd_saving`` / ``mlp_bwd``, :func:`mlp_forward_kernel`) and the linear sampling of an image
 (``sample_linear_fwd`` / ``sample_linear_bwd``, :func:`sample_linear_kernel`), the data terms of
 :class:`~monai_inr_reg.objectives.Similarity` with their gradient (``similarity_fwd``,
 :func:`similarity_kernel`), and is compiled with
@@ -112,7 +112,8 @@ def _build() -> None:
                 errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip()[:300]}")
         else:
             raise RuntimeError("; ".join(errors))
-        missing = [op for op in ("hash_grid_fwd", "mlp_fwd", "sample_linear_fwd", "similarity_fwd") if not hasattr(torch.ops.monai_inr_reg, op)]
+        missing = [op for op in ("hash_grid_fwd", "mlp_fwd", "mlp_fwd_saving", "sample_linear_fwd", "similarity_fwd")
+                   if not hasattr(torch.ops.monai_inr_reg, op)]
         if missing:
             raise RuntimeError(f"the built library did not register torch.ops.monai_inr_reg.{missing}")
     except Exception as exc:  # no compiler, no ninja, compile error, ...: fall back, say why
@@ -203,18 +204,24 @@ def hash_grid_encode_kernel(points_unit: torch.Tensor, params: torch.Tensor, spe
 
 class _MLPFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, features, *params):  # the weights, then the biases
-        ctx.save_for_backward(features, *params)
+    def forward(ctx, keep_hidden, features, *params):  # the weights, then the biases
         n = len(params) // 2
-        return torch.ops.monai_inr_reg.mlp_fwd(features, list(params[:n]), list(params[n:]))
+        if not keep_hidden:
+            ctx.save_for_backward(features, None, *params)
+            return torch.ops.monai_inr_reg.mlp_fwd(features, list(params[:n]), list(params[n:]))
+        # the hidden layers' outputs, kept: the backward need not recompute the forward
+        out, hidden = torch.ops.monai_inr_reg.mlp_fwd_saving(features, list(params[:n]), list(params[n:]))
+        ctx.save_for_backward(features, hidden, *params)
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        features, *params = ctx.saved_tensors
+        features, hidden, *params = ctx.saved_tensors
         n = len(params) // 2
-        grads = torch.ops.monai_inr_reg.mlp_bwd(grad_out, features, params[:n], params[n:], ctx.needs_input_grad[0])
-        return (grads[0] if ctx.needs_input_grad[0] else None, *grads[1:])
+        grads = torch.ops.monai_inr_reg.mlp_bwd(grad_out, features, params[:n], params[n:], ctx.needs_input_grad[1],
+                                                hidden)
+        return (None, grads[0] if ctx.needs_input_grad[1] else None, *grads[1:])
 
 
 # wider layers: torch's matrix products (not measured); 64 wide, 2 hidden layers, forward and backward: 1.2x / 1.6x
@@ -245,7 +252,8 @@ def mlp_forward_kernel(features: torch.Tensor, weights: list[torch.Tensor], bias
     if not mlp_kernel_supports(features, weights, spec):
         raise ValueError("mlp_forward_kernel(): needs CPU float32 tensors, ReLU hidden layers and a linear output, got "
                          f"{features.dtype} on {features.device}, activation {spec.activation!r} / {spec.output_activation!r}")
-    return _MLPFunction.apply(features, *weights, *biases)
+    keep_hidden = torch.is_grad_enabled() and any(t.requires_grad for t in (features, *weights, *biases))
+    return _MLPFunction.apply(keep_hidden, features, *weights, *biases)
 
 
 class _SampleLinearFunction(torch.autograd.Function):

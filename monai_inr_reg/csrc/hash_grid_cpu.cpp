@@ -508,25 +508,72 @@ inline float lane_sum(Lanes v) {
   return v[0];
 }
 
+constexpr int64_t kTilesPerBlock = kMlpBlock / kLanes;
+
+// Where the backward finds the hidden layers' outputs that mlp_fwd_saving kept: per block of
+// kMlpBlock points, hidden layer i (1 .. n - 1, the input of layer i) as the block's tiles one after
+// the other, out[i - 1] features apart, at hidden_at[i] (in Lanes) from the block's start.
+struct HiddenLayout {
+  std::vector<int64_t> at;  // (n + 1) entries; 0 and n unused
+  int64_t per_block = 0;    // Lanes per block
+};
+
+HiddenLayout hidden_layout(const MlpLayout& L) {
+  HiddenLayout H;
+  H.at.assign(L.n + 1, 0);
+  for (int i = 1; i < L.n; ++i) {
+    H.at[i] = H.per_block;
+    H.per_block += kTilesPerBlock * L.out[i - 1];
+  }
+  return H;
+}
+
+// The forward, and with `hidden` (n_blocks * H.per_block Lanes) the hidden layers' outputs kept there
+// for mlp_bwd: the same per-tile arithmetic either way, so the same bits.
+void mlp_forward_into(const MlpLayout& L, const float* X, int64_t P, int64_t K, float* Y, Lanes* hidden) {
+  const int64_t M = L.out.back();
+  const HiddenLayout H = hidden_layout(L);
+  at::parallel_for(0, (P + kLanes - 1) / kLanes, kTilesPerBlock, [&](int64_t t0, int64_t t1) {
+    MlpTiles tiles(L);
+    std::vector<Lanes*> acts(tiles.acts);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t p0 = t * kLanes, n = std::min<int64_t>(kLanes, P - p0);
+      if (hidden != nullptr) {
+        const int64_t blk = t / kTilesPerBlock, tb = t % kTilesPerBlock;
+        for (int i = 1; i < L.n; ++i) acts[i] = hidden + blk * H.per_block + H.at[i] + tb * L.out[i - 1];
+      }
+      load_tile(X, K, p0, n, acts[0]);
+      tile_forward(L, acts.data());
+      store_tile(acts[L.n], M, p0, n, Y);
+    }
+  });
+}
+
 at::Tensor mlp_fwd(const at::Tensor& x_in, std::vector<at::Tensor> weights, std::vector<at::Tensor> biases) {
   auto x = x_in.contiguous();
   for (auto& w : weights) w = w.contiguous();
   for (auto& b : biases) b = b.contiguous();
   const MlpLayout L = mlp_layout(x, weights, biases);
-  const int64_t P = x.size(0), K = x.size(1), M = L.out.back();
-  auto out = at::empty({P, M}, x.options());
-  const float* X = x.data_ptr<float>();
-  float* Y = out.data_ptr<float>();
-  at::parallel_for(0, (P + kLanes - 1) / kLanes, 64, [&](int64_t t0, int64_t t1) {
-    MlpTiles tiles(L);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t p0 = t * kLanes, n = std::min<int64_t>(kLanes, P - p0);
-      load_tile(X, K, p0, n, tiles.acts[0]);
-      tile_forward(L, tiles.acts.data());
-      store_tile(tiles.acts[L.n], M, p0, n, Y);
-    }
-  });
+  const int64_t P = x.size(0), K = x.size(1);
+  auto out = at::empty({P, L.out.back()}, x.options());
+  mlp_forward_into(L, x.data_ptr<float>(), P, K, out.data_ptr<float>(), nullptr);
   return out;
+}
+
+// mlp_fwd, and the hidden layers' outputs for mlp_bwd (which then skips recomputing the forward:
+// a third of the backward's arithmetic). Returns (out (P, M), hidden (float32, opaque layout)).
+std::tuple<at::Tensor, at::Tensor> mlp_fwd_saving(const at::Tensor& x_in, std::vector<at::Tensor> weights,
+                                                  std::vector<at::Tensor> biases) {
+  auto x = x_in.contiguous();
+  for (auto& w : weights) w = w.contiguous();
+  for (auto& b : biases) b = b.contiguous();
+  const MlpLayout L = mlp_layout(x, weights, biases);
+  const int64_t P = x.size(0), K = x.size(1);
+  const int64_t n_blocks = (P + kMlpBlock - 1) / kMlpBlock;
+  auto out = at::empty({P, L.out.back()}, x.options());
+  auto hidden = at::empty({std::max<int64_t>(n_blocks * hidden_layout(L).per_block * kLanes, 1)}, x.options());
+  mlp_forward_into(L, x.data_ptr<float>(), P, K, out.data_ptr<float>(), reinterpret_cast<Lanes*>(hidden.data_ptr<float>()));
+  return {out, hidden};
 }
 
 // KB entries [k, k + KB) of W^T d for one tile: KB chains of multiply-adds held in registers, each
@@ -582,8 +629,10 @@ inline void block_outer_sums(const Lanes* d, const Lanes* a, int64_t nt, int64_t
 }
 
 // Returns [grad_x (empty when not needed), grad_W0 .. grad_W{n-1}, grad_b0 .. grad_b{n-1}].
+// With `hidden` from mlp_fwd_saving on the same inputs, the hidden layers' outputs are read from it
+// instead of recomputed (the same bits).
 std::vector<at::Tensor> mlp_bwd(const at::Tensor& grad_out_in, const at::Tensor& x_in, std::vector<at::Tensor> weights,
-                                std::vector<at::Tensor> biases, bool need_x) {
+                                std::vector<at::Tensor> biases, bool need_x, const c10::optional<at::Tensor>& hidden_in) {
   auto x = x_in.contiguous();
   for (auto& w : weights) w = w.contiguous();
   for (auto& b : biases) b = b.contiguous();
@@ -596,7 +645,14 @@ std::vector<at::Tensor> mlp_bwd(const at::Tensor& grad_out_in, const at::Tensor&
   const float* G = g.data_ptr<float>();
   float* GX = need_x ? grad_x.data_ptr<float>() : nullptr;
   const int64_t n_blocks = (P + kMlpBlock - 1) / kMlpBlock;
-  constexpr int64_t kTilesPerBlock = kMlpBlock / kLanes;
+  const HiddenLayout H = hidden_layout(L);
+  Lanes* kept = nullptr;
+  if (hidden_in.has_value() && hidden_in->defined()) {
+    TORCH_CHECK(hidden_in->scalar_type() == at::kFloat && hidden_in->is_contiguous() &&
+                hidden_in->numel() == std::max<int64_t>(n_blocks * H.per_block * kLanes, 1),
+                "mlp: 'hidden' must come from mlp_fwd_saving on these inputs");
+    kept = reinterpret_cast<Lanes*>(hidden_in->data_ptr<float>());
+  }
   // a block's tiles: every layer's input (acts, i = 0 .. n) and the gradient at every layer's output
   // (deltas), each an array of its own holding the block's tiles one after the other
   std::vector<int64_t> act_at(L.n + 1), act_width(L.n + 1), delta_at(L.n);
@@ -617,17 +673,19 @@ std::vector<at::Tensor> mlp_bwd(const at::Tensor& grad_out_in, const at::Tensor&
     thread_local std::vector<Lanes> tiles;
     tiles.resize(std::max<size_t>(tiles.size(), static_cast<size_t>(kTilesPerBlock * stride)));
     std::vector<Lanes> grad_input(K);
-    std::vector<Lanes*> acts(L.n + 1);
+    std::vector<Lanes*> acts(L.n + 1), block_acts(L.n + 1);  // the block's first tile of each layer's input
     for (int64_t blk = blk0; blk < blk1; ++blk) {
       const int64_t first = blk * kMlpBlock, end = std::min(P, first + kMlpBlock);
       const int64_t nt = (end - first + kLanes - 1) / kLanes;
+      for (int i = 0; i <= L.n; ++i)
+        block_acts[i] = kept != nullptr && i >= 1 && i < L.n ? kept + blk * H.per_block + H.at[i] : tiles.data() + act_at[i];
       for (int64_t t = 0; t < nt; ++t) {
         Lanes* tile = tiles.data();
         const int64_t p0 = first + t * kLanes, n = std::min<int64_t>(kLanes, end - p0);
-        for (int i = 0; i <= L.n; ++i) acts[i] = tile + act_at[i] + t * act_width[i];
+        for (int i = 0; i <= L.n; ++i) acts[i] = block_acts[i] + t * act_width[i];
         auto delta = [&](int i) { return tile + delta_at[i] + t * L.out[i]; };
         load_tile(X, K, p0, n, acts[0]);
-        tile_forward(L, acts.data());
+        if (kept == nullptr) tile_forward(L, acts.data());
         load_tile(G, M, p0, n, delta(L.n - 1));  // missing lanes: zero gradient
         for (int i = L.n - 1; i >= 1; --i) {
           Lanes* below = delta(i - 1);
@@ -643,7 +701,7 @@ std::vector<at::Tensor> mlp_bwd(const at::Tensor& grad_out_in, const at::Tensor&
       float* mine = partial.data() + blk * L.n_params;
       for (int i = 0; i < L.n; ++i) {
         const Lanes* d = tiles.data() + delta_at[i];
-        block_outer_sums(d, tiles.data() + act_at[i], nt, L.out[i], L.in[i], mine + L.w_offset[i]);
+        block_outer_sums(d, block_acts[i], nt, L.out[i], L.in[i], mine + L.w_offset[i]);
         for (int64_t j = 0; j < L.out[i]; ++j) {
           Lanes c = {};
           for (int64_t t = 0; t < nt; ++t) c += d[t * L.out[i] + j];
@@ -1108,7 +1166,8 @@ TORCH_LIBRARY(monai_inr_reg, m) {
   m.def("hash_grid_bwd(Tensor grad_out, Tensor points, Tensor params, Tensor levels, Tensor weights, "
         "int n_features, int log2_hashmap_size, bool need_params, bool need_points) -> (Tensor, Tensor)");
   m.def("mlp_fwd(Tensor x, Tensor[] weights, Tensor[] biases) -> Tensor");
-  m.def("mlp_bwd(Tensor grad_out, Tensor x, Tensor[] weights, Tensor[] biases, bool need_x) -> Tensor[]");
+  m.def("mlp_fwd_saving(Tensor x, Tensor[] weights, Tensor[] biases) -> (Tensor, Tensor)");
+  m.def("mlp_bwd(Tensor grad_out, Tensor x, Tensor[] weights, Tensor[] biases, bool need_x, Tensor? hidden) -> Tensor[]");
   m.def("sample_linear_fwd(Tensor image, Tensor points, bool border) -> Tensor");
   m.def("sample_linear_bwd(Tensor grad_out, Tensor image, Tensor points, bool border) -> Tensor");
   m.def("similarity_fwd(Tensor image, Tensor points, Tensor fixed, Tensor? keep, int metric, int bins, "
@@ -1119,6 +1178,7 @@ TORCH_LIBRARY_IMPL(monai_inr_reg, CPU, m) {
   m.impl("hash_grid_fwd", &hash_grid_fwd);
   m.impl("hash_grid_bwd", &hash_grid_bwd);
   m.impl("mlp_fwd", &mlp_fwd);
+  m.impl("mlp_fwd_saving", &mlp_fwd_saving);
   m.impl("mlp_bwd", &mlp_bwd);
   m.impl("sample_linear_fwd", &sample_linear_fwd);
   m.impl("sample_linear_bwd", &sample_linear_bwd);

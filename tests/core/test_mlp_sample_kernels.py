@@ -74,6 +74,46 @@ def test_mlp_kernel_gradients_are_the_same_at_1_and_2_threads():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("rows", [1, 9, 513, 4225])
+@pytest.mark.parametrize("network", [{"n_neurons": 8, "n_hidden_layers": 0}, {"n_neurons": 32, "n_hidden_layers": 1},
+                                     {"n_neurons": 64, "n_hidden_layers": 2}])
+def test_mlp_backward_from_the_kept_hidden_layers_is_the_same_bits(rows, network):
+    """A forward for training keeps its hidden layers' outputs, and the backward reads them instead of
+    recomputing: the same values and gradients to the bit as the plain forward and a backward that
+    recomputes (the kernel is its only user; the test above holds both to PyTorch)."""
+    ops = torch.ops.monai_inr_reg
+    spec, weights, biases = _mlp(16, 3, network)
+    gen = torch.Generator().manual_seed(rows)
+    x, grad_out = torch.rand(rows, 16, generator=gen), torch.randn(rows, 3, generator=gen)
+    out, hidden = ops.mlp_fwd_saving(x, weights, biases)
+    assert torch.equal(out, ops.mlp_fwd(x, weights, biases))
+    for need_x in (True, False):
+        kept, recomputed = ops.mlp_bwd(grad_out, x, weights, biases, need_x, hidden), ops.mlp_bwd(grad_out, x, weights, biases, need_x, None)
+        assert all(torch.equal(a, b) for a, b in zip(kept, recomputed))
+    with pytest.raises(RuntimeError, match="'hidden' must come from mlp_fwd_saving on these inputs"):
+        ops.mlp_bwd(grad_out, x, weights, biases, True, torch.zeros(hidden.numel() + 8))
+
+
+def test_mlp_kernel_keeps_hidden_layers_only_for_a_backward(monkeypatch):
+    """Only a forward that autograd records keeps the hidden layers (scoring and output fields do not)."""
+    spec, weights, biases = _mlp(16, 3, {"n_neurons": 32, "n_hidden_layers": 1})
+    x = torch.rand(40, 16)
+    trained = [w.clone().requires_grad_(True) for w in weights]
+    calls = []
+    original = _ext._MLPFunction.forward
+
+    def spy(ctx, keep_hidden, *args):
+        calls.append(keep_hidden)
+        return original(ctx, keep_hidden, *args)
+
+    monkeypatch.setattr(_ext._MLPFunction, "forward", staticmethod(spy))
+    _ext.mlp_forward_kernel(x, trained, biases, spec).sum().backward()
+    with torch.no_grad():
+        _ext.mlp_forward_kernel(x, trained, biases, spec)
+    _ext.mlp_forward_kernel(x, weights, biases, spec)
+    assert calls == [True, False, False] and trained[0].grad is not None
+
+
 def test_coordinate_net_uses_the_mlp_kernel_where_it_is_faster(monkeypatch):
     calls = []
     real = _ext.mlp_forward_kernel
