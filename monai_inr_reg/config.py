@@ -23,8 +23,8 @@ from typing import Any
 import yaml
 
 __all__ = ["load_preset", "list_presets", "describe_preset", "merge_overrides", "nested_overrides", "resolve_stage",
-           "stage_iterations", "learning_rate_factors", "MOTION_MODELS", "PARAMETRIC_MODELS", "OBJECTIVES",
-           "INITIAL_ALIGNMENTS"]
+           "stage_iterations", "learning_rate_factors", "for_dimension", "motion_for_dimension", "MOTION_MODELS",
+           "PARAMETRIC_MODELS", "OBJECTIVES", "INITIAL_ALIGNMENTS"]
 
 PARAMETRIC_MODELS = ("rigid", "affine")
 MOTION_MODELS = PARAMETRIC_MODELS + ("hash", "grid")
@@ -205,6 +205,11 @@ def _validate(config: dict) -> None:
         if motion["model"] == "grid" and not (isinstance(motion.get("spacing_voxels"), int) and motion["spacing_voxels"] >= 1):
             raise ValueError(f"load_preset(): 'motions.{name}.spacing_voxels' of a grid motion must be an integer >= 1, "
                              f"got {motion.get('spacing_voxels')!r}")
+        for section in _FREE_FORM:
+            for key, value in (motion.get(section) or {}).items():
+                if isinstance(value, dict) and set(value) != set(DIMENSIONS):
+                    raise ValueError(f"load_preset(): 'motions.{name}.{section}.{key}' by dimension needs exactly the keys "
+                                     f"{DIMENSIONS}, got {value!r}")
         if motion["model"] != "hash" and isinstance(lr, dict):
             raise ValueError(f"load_preset(): 'motions.{name}.learning_rate' of a {motion['model']} motion must be "
                              f"a number, got {lr!r}")
@@ -319,6 +324,16 @@ def for_dimension(value, ndim: int):
     """A stage option given by dimension (``{"2d": ..., "3d": ...}``): its entry for ``ndim``; any other
     value is the same in 2D and 3D."""
     return value[f"{ndim}d"] if isinstance(value, dict) else value
+
+
+def motion_for_dimension(motion_config: dict, ndim: int) -> dict:
+    """An entry of ``motions`` for a pair of dimension ``ndim``: the values of its ``encoding`` and
+    ``network`` given by dimension (``{"2d": ..., "3d": ...}``) replaced by their entry for ``ndim``."""
+    out = dict(motion_config)
+    for section in _FREE_FORM:
+        if isinstance(out.get(section), dict):
+            out[section] = {key: for_dimension(value, ndim) for key, value in out[section].items()}
+    return out
 
 
 def stage_iterations(stage: dict, iterations_scale: float, ndim: int) -> list[int]:

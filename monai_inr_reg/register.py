@@ -20,7 +20,7 @@ import time
 import torch
 
 from ._ext import kernel_available
-from .config import PARAMETRIC_MODELS, load_preset, stage_iterations
+from .config import PARAMETRIC_MODELS, load_preset, motion_for_dimension, stage_iterations
 from .core.grid import ImageGrid, ddf_voxel_from_ddf_mm
 from .fit import fit_stage
 from .inputs import as_image_and_grid, as_initial_matrix, as_mask
@@ -167,7 +167,7 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
         final_parametric = config["motions"][config["stages"][-1]["motion"]]["model"] in PARAMETRIC_MODELS
         quality, early = None, None
         for index, stage in enumerate(config["stages"]):
-            motion_config = config["motions"][stage["motion"]]
+            motion_config = motion_for_dimension(config["motions"][stage["motion"]], pair.ndim)
             if (motion_config["model"] not in PARAMETRIC_MODELS and motion_name is not None
                     and config["motions"][motion_name]["model"] in PARAMETRIC_MODELS
                     and config["on_weak_evidence"] != "warn"):

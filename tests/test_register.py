@@ -227,13 +227,15 @@ def test_iterations_by_dimension(tmp_path, fixed2d):
     assert (solid.stages[0]["iterations"], len(solid.loss_history)) == (12, 12)
 
 
-def test_penalty_points_by_dimension(fixed2d, monkeypatch):
-    """A hash stage's regulariser takes the first ``penalty_points`` of each iteration's fixed points,
-    its ``2d`` entry on a 2D pair and its ``3d`` entry on a 3D one; without a regulariser, none."""
+def test_points_and_motion_nets_by_dimension(fixed2d, monkeypatch):
+    """Given by dimension (``{2d: ..., 3d: ...}``), a hash stage's ``penalty_points`` (the regulariser
+    takes the first of each iteration's fixed points) and a motion's ``encoding`` / ``network`` values
+    take their ``2d`` entry on a 2D pair and their ``3d`` entry on a 3D one; without a regulariser, no
+    penalty points."""
     from monai_inr_reg.motion import HashMotion
 
-    asked = []
-    real = HashMotion.moved_and_gradient
+    asked, nets = [], []
+    real, real_init = HashMotion.moved_and_gradient, HashMotion.__init__
 
     def spy(self, points_mm, level_weights, n_gradient, step_unit):
         asked.append((points_mm.shape[0], n_gradient))
@@ -241,14 +243,22 @@ def test_penalty_points_by_dimension(fixed2d, monkeypatch):
         assert gradient.shape == (min(n_gradient, points_mm.shape[0]),) + (points_mm.shape[1],) * 2
         return moved, gradient
 
+    def spy_init(self, box, encoding, network, *args, **kwargs):
+        real_init(self, box, encoding, network, *args, **kwargs)
+        nets.append((encoding["finest_resolution"], network["n_neurons"], self.net.encoding.spec.sizes[-1]))
+
     monkeypatch.setattr(HashMotion, "moved_and_gradient", spy)
+    monkeypatch.setattr(HashMotion, "__init__", spy_init)
     stage = {"name": "field", "motion": "deformable", "objective": "mutual_information", "iterations": 3,
              "fixed_points": 500, "smoothness_weight": 0.3, "penalty_points": {"2d": 40, "3d": 70}}
+    by_dimension = {"motions.deformable.encoding.finest_resolution": {"2d": 8, "3d": 4},
+                    "motions.deformable.network.n_neurons": {"2d": 16, "3d": 32}}
     volume = phantom((12, 12, 12), seed=1)
-    for image, wanted in ((fixed2d, 40), (volume, 70)):
-        asked.clear()
-        register(image, shifted(image, (1.0,) + (0.0,) * (image.ndim - 2)), stages=[stage], initial_alignment="none")
-        assert asked == [(500, wanted)] * 3
+    for image, points, penalty, net in ((fixed2d, 500, 40, (8, 16, 9 ** 2)), (volume, 500, 70, (4, 32, 5 ** 3))):
+        asked.clear(), nets.clear()
+        register(image, shifted(image, (1.0,) + (0.0,) * (image.ndim - 2)), stages=[stage], initial_alignment="none",
+                 **by_dimension)
+        assert asked == [(points, penalty)] * 3 and nets == [net]
     asked.clear()
     register(fixed2d, fixed2d, stages=[stage | {"smoothness_weight": 0.0}], initial_alignment="none")
     assert asked == []
