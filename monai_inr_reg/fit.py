@@ -97,9 +97,8 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
         pair: the prepared image pair.
         stage: the stage's options (levels, learning rates, schedule, points, regularisers).
         candidates: the motions it may start from (``stage["candidates"]``, in that order); with more
-            than one, the first and each that starts with a better data term than the first
-            (``objective.scores``, at the first level) run that level on the same points, and the one with
-            the better data term after it continues.
+            than one, each runs the first level on the same points and the one with the better data
+            term there (``objective.score``) continues.
         motion_config: the candidates' entry of ``motions`` (learning rates; hash: encoding).
         objective: an objective of :mod:`monai_inr_reg.objectives`.
         iterations_scale: multiplies the stage's iterations.
@@ -187,21 +186,15 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
         objective.set_level(sigma)
         n_batch = min(fixed_points_per_iteration(stage, candidates[0], level), n_fixed)
         if level == 0 and len(candidates) > 1:
-            # the others run only where they start better than the first (the previous stage's map): of 349
-            # rigid-levels pairs where the start began worse, it ended worse in 324 and next to it in 25
-            # (docs/benchmarks.md, fourteenth session)
-            outset = objective.scores(candidates)
-            running = [0] + [i for i in range(1, len(candidates)) if outset[i] < outset[0]]
             state = generator.get_state()
-            runs = {}
-            for index in running:
+            runs = []
+            for index, (motion, optimizer) in enumerate(zip(candidates, optimizers)):
                 generator.set_state(state)  # every candidate sees the same points
                 # no convergence stop here: the candidates are compared after the same effort (a start far
                 # off can sit on a plateau for its first iterations and then descend)
-                runs[index] = run_level(candidates[index], optimizers[index], steps, done, level_factor, index == 0,
-                                        n_batch, level, 0)
-            candidate_scores = dict(zip(running, objective.scores([candidates[i] for i in running])))
-            chosen = min(running, key=lambda i: (candidate_scores[i], i))
+                runs.append(run_level(motion, optimizer, steps, done, level_factor, index == 0, n_batch, level, 0))
+            candidate_scores = objective.scores(candidates)
+            chosen = min(range(len(candidates)), key=lambda i: (candidate_scores[i], i))
             losses = runs[chosen]
         else:
             losses = run_level(candidates[chosen], optimizers[chosen], steps, done, level_factor, True, n_batch, level,

@@ -320,28 +320,6 @@ def test_the_candidates_level_runs_whole_and_later_levels_stop(fixed2d):
     assert result.stages[0]["iterations"] == 40 + 2
 
 
-def test_the_start_runs_only_where_it_starts_better(fixed2d, monkeypatch):
-    """With ``candidates: [previous, start]``, the start runs the first level only where it scores better
-    there than the previous stage's map; then the better after that level continues. A pose stage that
-    found the shift: the start does not run (40 + 40 fitted steps). One that ran away (a learning rate
-    100 times too large, no guard): both run the first level (40 + 40 + 40), and the start continues."""
-    from monai_inr_reg.motion import RigidMotion
-
-    steps = []
-    real = RigidMotion.forward
-    monkeypatch.setattr(RigidMotion, "forward", lambda self, points: steps.append(points.shape[0]) or real(self, points))
-    moving = shifted(fixed2d, (3.0, -2.0))
-    pose = {"name": "pose", "motion": "rigid", "objective": "mapped_l2", "iterations": 300, "smoothing_voxels": [2, 0]}
-    refine = {"name": "refine", "motion": "rigid", "objective": "mapped_l2", "iterations": [40, 40], "fixed_points": 500,
-              "smoothing_voxels": [2, 0], "schedule": "per_level", "candidates": ["previous", "start"]}
-    for first, started_from, fitted in ((pose, "previous", 80),
-                                        (pose | {"learning_rate_factor": 100.0, "guard": False}, "start", 120)):
-        steps.clear()
-        result = register(fixed2d, moving, stages=[first | {"fixed_points": 400}, refine], initial_alignment="none")
-        assert steps.count(500) == fitted and result.stages[1]["started_from"] == started_from
-        assert torch.allclose(interior_mean(result.ddf), torch.tensor([3.0, -2.0]), atol=0.5), interior_mean(result.ddf)
-
-
 def test_a_mind_stage_registers_a_non_monotone_contrast(fixed2d):
     """``objective: mind`` (MIND-SSC features, L2): a rigid stage and then a hash field on it recover a
     shift between contrasts that no intensity map relates monotonically; the field stays smooth."""
