@@ -25,8 +25,8 @@ from .pair import ImagePair
 __all__ = ["fit_stage", "fixed_points_per_iteration", "learning_rate_factor", "motion_parameter_groups"]
 
 BAR_EVERY = 25  # iterations between updates of the loss shown on the progress bar
-# below this many fixed voxels per finest motion cell, 256 regulariser points let a 2D field fold where 1,024
-# did not (64 x 64: 1.2-voxel cells); from 1.8 on they were as good (docs/benchmarks.md, thirteenth session)
+# finest motion cells narrower than this many fixed voxels: 256 regulariser points let a 2D field fold where
+# 1,024 did not (64 x 64 at finest 64: 1.2-voxel cells); from 1.8 on as good (docs/benchmarks.md, thirteenth session)
 FINE_CELL_VOXELS = 1.5
 
 

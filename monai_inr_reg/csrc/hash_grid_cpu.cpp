@@ -512,7 +512,7 @@ constexpr int64_t kTilesPerBlock = kMlpBlock / kLanes;
 
 // Where the backward finds the hidden layers' outputs that mlp_fwd_saving kept: per block of
 // kMlpBlock points, hidden layer i (1 .. n - 1, the input of layer i) as the block's tiles one after
-// the other, out[i - 1] features apart, at hidden_at[i] (in Lanes) from the block's start.
+// the other, out[i - 1] features apart, at at[i] (in Lanes) from the block's start.
 struct HiddenLayout {
   std::vector<int64_t> at;  // (n + 1) entries; 0 and n unused
   int64_t per_block = 0;    // Lanes per block
