@@ -321,7 +321,8 @@ def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:
 
 
 def for_dimension(value, ndim: int):
-    """A stage option given by dimension (``{"2d": ..., "3d": ...}``): its entry for ``ndim``; any other
+    """An option given by dimension (``{"2d": ..., "3d": ...}``: a stage's ``iterations`` or
+    ``penalty_points``, a value of a motion's encoding or network): its entry for ``ndim``; any other
     value is the same in 2D and 3D."""
     return value[f"{ndim}d"] if isinstance(value, dict) else value
 

@@ -13,6 +13,13 @@ __all__ = ["rotation_matrix", "rotation_and_derivatives", "centred_matrix", "hom
 _SMALL_ANGLE_SQUARED = 1e-3  # below it (about 1.8 degrees) Rodrigues' coefficients come from their series
 
 
+def _series_coefficients(t2):
+    """Rodrigues' ``sin(t)/t`` and ``(1 - cos(t))/t^2`` as series in ``t2 = t^2`` (errors below 1e-17
+    under ``_SMALL_ANGLE_SQUARED``); floats or tensors alike."""
+    return (1.0 - t2 / 6.0 * (1.0 - t2 / 20.0 * (1.0 - t2 / 42.0)),
+            0.5 * (1.0 - t2 / 12.0 * (1.0 - t2 / 30.0 * (1.0 - t2 / 56.0))))
+
+
 def rotation_matrix(rotation: torch.Tensor, ndim: int) -> torch.Tensor:
     """Rotation ``(D, D)`` from parameters: 2D one angle (radians, counter-clockwise from x to y),
     3D a rotation vector ``v`` (axis times angle, radians): the matrix exponential of its skew matrix
@@ -28,10 +35,9 @@ def rotation_matrix(rotation: torch.Tensor, ndim: int) -> torch.Tensor:
     skew = torch.stack([torch.stack([zero, -z, y]), torch.stack([z, zero, -x]), torch.stack([-y, x, zero])])
     t2 = (rotation * rotation).sum()
     small = t2 < _SMALL_ANGLE_SQUARED
-    # series in t^2 (errors below 1e-17 there); the closed forms on a t^2 kept away from 0, so that
-    # the branch torch.where does not take has finite gradients
-    series_a = 1.0 - t2 / 6.0 * (1.0 - t2 / 20.0 * (1.0 - t2 / 42.0))
-    series_b = 0.5 * (1.0 - t2 / 12.0 * (1.0 - t2 / 30.0 * (1.0 - t2 / 56.0)))
+    # the series for small angles; the closed forms on a t^2 kept away from 0, so that the branch
+    # torch.where does not take has finite gradients
+    series_a, series_b = _series_coefficients(t2)
     t = torch.where(small, torch.ones_like(t2), t2).sqrt()
     a = torch.where(small, series_a, torch.sin(t) / t)
     b = torch.where(small, series_b, (1.0 - torch.cos(t)) / (t * t))
@@ -58,8 +64,7 @@ def rotation_and_derivatives(rotation: list[float]) -> tuple[list[list[float]], 
         return [[c, -s], [s, c]], [[[-s, -c], [c, -s]]]
     t2 = sum(v * v for v in rotation)
     if t2 < _SMALL_ANGLE_SQUARED:
-        a = 1.0 - t2 / 6.0 * (1.0 - t2 / 20.0 * (1.0 - t2 / 42.0))
-        b = 0.5 * (1.0 - t2 / 12.0 * (1.0 - t2 / 30.0 * (1.0 - t2 / 56.0)))
+        a, b = _series_coefficients(t2)
         da = -(1.0 - t2 / 10.0 * (1.0 - t2 / 28.0)) / 6.0
         db = -(1.0 - t2 / 15.0 * (1.0 - 3.0 * t2 / 112.0)) / 24.0
     else:

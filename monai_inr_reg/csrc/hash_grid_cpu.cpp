@@ -413,9 +413,12 @@ struct MlpLayout {
   int n = 0;
 };
 
-MlpLayout mlp_layout(const at::Tensor& x, const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& biases) {
+// Makes the weights and biases contiguous in place (the layout points into them).
+MlpLayout mlp_layout(const at::Tensor& x, std::vector<at::Tensor>& weights, std::vector<at::Tensor>& biases) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2, "mlp: 'x' must be a (P, K) CPU float32 tensor");
   TORCH_CHECK(!weights.empty() && weights.size() == biases.size(), "mlp: one bias per weight, at least one layer");
+  for (auto& w : weights) w = w.contiguous();
+  for (auto& b : biases) b = b.contiguous();
   MlpLayout L;
   L.n = static_cast<int>(weights.size());
   int64_t width = x.size(1);
@@ -551,8 +554,6 @@ void mlp_forward_into(const MlpLayout& L, const float* X, int64_t P, int64_t K, 
 
 at::Tensor mlp_fwd(const at::Tensor& x_in, std::vector<at::Tensor> weights, std::vector<at::Tensor> biases) {
   auto x = x_in.contiguous();
-  for (auto& w : weights) w = w.contiguous();
-  for (auto& b : biases) b = b.contiguous();
   const MlpLayout L = mlp_layout(x, weights, biases);
   const int64_t P = x.size(0), K = x.size(1);
   auto out = at::empty({P, L.out.back()}, x.options());
@@ -565,8 +566,6 @@ at::Tensor mlp_fwd(const at::Tensor& x_in, std::vector<at::Tensor> weights, std:
 std::tuple<at::Tensor, at::Tensor> mlp_fwd_saving(const at::Tensor& x_in, std::vector<at::Tensor> weights,
                                                   std::vector<at::Tensor> biases) {
   auto x = x_in.contiguous();
-  for (auto& w : weights) w = w.contiguous();
-  for (auto& b : biases) b = b.contiguous();
   const MlpLayout L = mlp_layout(x, weights, biases);
   const int64_t P = x.size(0), K = x.size(1);
   const int64_t n_blocks = (P + kMlpBlock - 1) / kMlpBlock;
@@ -634,8 +633,6 @@ inline void block_outer_sums(const Lanes* d, const Lanes* a, int64_t nt, int64_t
 std::vector<at::Tensor> mlp_bwd(const at::Tensor& grad_out_in, const at::Tensor& x_in, std::vector<at::Tensor> weights,
                                 std::vector<at::Tensor> biases, bool need_x, const c10::optional<at::Tensor>& hidden_in) {
   auto x = x_in.contiguous();
-  for (auto& w : weights) w = w.contiguous();
-  for (auto& b : biases) b = b.contiguous();
   const MlpLayout L = mlp_layout(x, weights, biases);
   const int64_t P = x.size(0), K = x.size(1), M = L.out.back();
   auto g = grad_out_in.to(at::kFloat).contiguous();
