@@ -299,7 +299,7 @@ def sample_linear_kernel(image: torch.Tensor, points_voxel: torch.Tensor, paddin
     return _SampleLinearFunction.apply(image, points, padding_mode == "border")
 
 
-SIMILARITY_METRICS = {"mutual_information": 0, "mapped_l2": 1}  # the kernel's metric codes
+SIMILARITY_METRICS = {"mutual_information": 0, "mapped_l2": 1, "local_cc": 2}  # the kernel's metric codes
 
 
 class _SimilarityFunction(torch.autograd.Function):
@@ -318,8 +318,8 @@ class _SimilarityFunction(torch.autograd.Function):
 
 
 def similarity_kernel_supports(image: torch.Tensor, points_voxel: torch.Tensor, metric: str) -> bool:
-    """Whether :func:`similarity_kernel` computes ``metric`` here: mutual information or the mapped L2
-    of a one-channel 2D or 3D CPU float32 image that needs no gradient."""
+    """Whether :func:`similarity_kernel` computes ``metric`` here: mutual information, the mapped L2 or
+    the windowed correlation of a one-channel 2D or 3D CPU float32 image that needs no gradient."""
     return (metric in SIMILARITY_METRICS and image.shape[0] == 1
             and sample_kernel_supports(image, points_voxel, "bilinear", "zeros"))
 
@@ -330,7 +330,10 @@ def similarity_kernel(image: torch.Tensor, points_voxel: torch.Tensor, fixed_val
     """The data term of :class:`~monai_inr_reg.objectives.Similarity` (``mutual_information``: minus
     :func:`~monai_inr_reg.core.losses.mutual_information`; ``mapped_l2``:
     :func:`~monai_inr_reg.core.losses.mapped_l2`, with ``symmetric`` the mean of both directions, the
-    moving values the target of the second, ``variance_gradient`` as there) in one compiled call:
+    moving values the target of the second, ``variance_gradient`` as there; ``local_cc``: minus the mean
+    windowed correlation coefficient, ``fixed_values`` ``(P, K)`` the fixed windows of
+    :meth:`~monai_inr_reg.pair.ImagePair.fixed_windows`, the moving window sampled around each point with
+    zeros padding, ``bins`` unused; NaN when no point is inside) in one compiled call:
     ``image`` ``(1, *S)`` sampled linearly at the voxel points ``(P, D)`` (array order) that lie inside its grid and where
     ``keep`` ``(P,)`` is true, against ``fixed_values`` ``(P,)`` there. Returns the 0-d loss,
     differentiable with respect to the points only (computed with the value). The same maths as the

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 __all__ = ["load_preset", "list_presets", "describe_preset", "merge_overrides", "nested_overrides", "resolve_stage",
-           "stage_iterations", "learning_rate_factors", "for_dimension", "motion_for_dimension", "MOTION_MODELS",
+           "stage_iterations", "learning_rate_factors", "for_dimension", "stage_for_dimension", "motion_for_dimension", "MOTION_MODELS",
            "PARAMETRIC_MODELS", "OBJECTIVES", "INITIAL_ALIGNMENTS"]
 
 PARAMETRIC_MODELS = ("rigid", "affine")
@@ -32,7 +32,7 @@ OBJECTIVES = ("image_net", "mapped_l2", "mutual_information", "mind", "local_cc"
 INITIAL_ALIGNMENTS = ("center_of_mass", "none", "search")
 ON_WEAK_EVIDENCE = ("bounded", "as_placed", "warn")
 SCHEDULES = ("whole", "per_level")
-DIMENSIONS = ("2d", "3d")  # the keys of a stage's iterations given by dimension
+DIMENSIONS = ("2d", "3d")  # the keys of a value given by dimension
 CANDIDATES = ("previous", "start")
 
 # stage keys that apply to some objectives or motion models only: (what they depend on, where they apply)
@@ -232,10 +232,35 @@ def resolve_stage(stage: dict) -> tuple[dict, dict]:
 
 
 def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:
-    """A stage with every key that applies to it (defaults filled in), validated."""
+    """A stage with every key that applies to it (defaults filled in), validated. A stage with values
+    given by dimension (``{2d: ..., 3d: ...}``) is resolved and validated for each dimension apart: a
+    key whose values differ keeps both (``{2d: ..., 3d: ...}``, ``None`` where it does not apply,
+    e.g. ``bins`` where the 2D objective is ``local_cc``); :func:`stage_for_dimension` picks one."""
     if not isinstance(stage, dict):
         raise ValueError(f"load_preset(): stage {index} must be a mapping, got {stage!r}")
     where = f"stage {index} ({stage.get('name', defaults['name'])!r})"
+    by_dimension = [key for key, value in stage.items() if isinstance(value, dict)]
+    for key in by_dimension:
+        if key == "name" or set(stage[key]) != set(DIMENSIONS):
+            raise ValueError(f"load_preset(): {where}: {key!r} by dimension needs exactly the keys {DIMENSIONS}"
+                             f"{' (and name cannot be)' if key == 'name' else ''}, got {stage[key]!r}")
+    if not by_dimension:
+        return _resolve_flat_stage(stage, where, defaults, config)
+    resolved = {}
+    for dimension in DIMENSIONS:
+        flat = {key: value[dimension] if key in by_dimension else value for key, value in stage.items()}
+        resolved[dimension] = _resolve_flat_stage({key: value for key, value in flat.items() if value is not None},
+                                                  f"{where} in {dimension}", defaults, config)
+    merged = {}
+    for key in defaults:
+        values = [resolved[dimension].get(key) for dimension in DIMENSIONS]
+        if values != [None, None]:
+            merged[key] = values[0] if values[0] == values[1] else dict(zip(DIMENSIONS, values))
+    return merged
+
+
+def _resolve_flat_stage(stage: dict, where: str, defaults: dict, config: dict) -> dict:
+    """:func:`_resolve_stage` for one dimension: no value given by dimension."""
     unknown = sorted(set(stage) - set(defaults))
     if unknown:
         raise ValueError(f"load_preset(): {where}: unknown option {unknown[0]!r}; valid stage options: "
@@ -261,16 +286,10 @@ def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:
     if not smoothing or any(float(s) < 0 for s in smoothing):
         raise ValueError(f"load_preset(): {where}: 'smoothing_voxels' must be one or more sigmas >= 0, got {smoothing!r}")
     resolved["smoothing_voxels"] = [float(s) for s in smoothing]
-    for key in ("iterations", "penalty_points"):
-        if isinstance(resolved.get(key), dict) and set(resolved[key]) != set(DIMENSIONS):
-            raise ValueError(f"load_preset(): {where}: {key!r} by dimension needs exactly the keys {DIMENSIONS}, "
-                             f"got {resolved[key]!r}")
-    counts = resolved["iterations"]
-    for dimension, count in (counts.items() if isinstance(counts, dict) else [("", counts)]):
-        what = f"{where}: 'iterations{'.' + dimension if dimension else ''}'"
-        iterations = _per_level(count, len(smoothing), what)
-        if any(int(i) < 0 for i in (iterations or [count])):
-            raise ValueError(f"load_preset(): {what} must be >= 0, got {count!r}")
+    count = resolved["iterations"]
+    iterations = _per_level(count, len(smoothing), f"{where}: 'iterations'")
+    if any(int(i) < 0 for i in (iterations or [count])):
+        raise ValueError(f"load_preset(): {where}: 'iterations' must be >= 0, got {count!r}")
     _per_level(resolved["learning_rate_factor"], len(smoothing), f"{where}: 'learning_rate_factor'")
     _per_level(resolved["fixed_points"], len(smoothing), f"{where}: 'fixed_points'")
     if resolved["schedule"] not in SCHEDULES:
@@ -294,10 +313,8 @@ def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:
         if not all(int(v) >= (2 if key == "bins" else 1) for v in (values if isinstance(values, list) else [values])):
             raise ValueError(f"load_preset(): {where}: {key!r} must be a positive count, got {resolved[key]!r}")
     penalty = resolved.get("penalty_points", 1)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
-               for v in (penalty.values() if isinstance(penalty, dict) else [penalty])):
-        raise ValueError(f"load_preset(): {where}: 'penalty_points' must be a positive integer, or one per dimension, "
-                         f"got {penalty!r}")
+    if not (isinstance(penalty, int) and not isinstance(penalty, bool) and penalty >= 1):
+        raise ValueError(f"load_preset(): {where}: 'penalty_points' must be a positive integer, got {penalty!r}")
     fine = resolved.get("fine_field_penalty_points", 0)
     if not (isinstance(fine, int) and not isinstance(fine, bool) and fine >= 0):
         raise ValueError(f"load_preset(): {where}: 'fine_field_penalty_points' must be an integer >= 0 (0: off), got {fine!r}")
@@ -321,10 +338,16 @@ def _resolve_stage(stage, index: int, defaults: dict, config: dict) -> dict:
 
 
 def for_dimension(value, ndim: int):
-    """An option given by dimension (``{"2d": ..., "3d": ...}``: a stage's ``iterations`` or
-    ``penalty_points``, a value of a motion's encoding or network): its entry for ``ndim``; any other
-    value is the same in 2D and 3D."""
+    """An option given by dimension (``{"2d": ..., "3d": ...}``: a stage's option, a value of a motion's
+    encoding or network): its entry for ``ndim``; any other value is the same in 2D and 3D."""
     return value[f"{ndim}d"] if isinstance(value, dict) else value
+
+
+def stage_for_dimension(stage: dict, ndim: int) -> dict:
+    """A resolved stage for a pair of dimension ``ndim``: each value given by dimension replaced by its
+    entry for ``ndim``, and the keys that do not apply there (``None``) left out."""
+    values = {key: for_dimension(value, ndim) for key, value in stage.items()}
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def motion_for_dimension(motion_config: dict, ndim: int) -> dict:
@@ -338,11 +361,12 @@ def motion_for_dimension(motion_config: dict, ndim: int) -> dict:
 
 
 def stage_iterations(stage: dict, iterations_scale: float, ndim: int) -> list[int]:
-    """Iterations per level of a resolved stage for a pair of dimension ``ndim`` (``iterations`` itself,
-    or its ``"2d"`` / ``"3d"`` entry), times ``iterations_scale``: a total is scaled, rounded and split
+    """Iterations per level of a resolved stage for a pair of dimension ``ndim`` (its values for that
+    dimension, :func:`stage_for_dimension`), times ``iterations_scale``: a total is scaled, rounded and split
     evenly (earlier levels take the remainder); a per-level list is scaled level by level."""
+    stage = stage_for_dimension(stage, ndim)
     n_levels = len(stage["smoothing_voxels"])
-    iterations = for_dimension(stage["iterations"], ndim)
+    iterations = stage["iterations"]
     if isinstance(iterations, (list, tuple)):
         return [int(round(int(i) * iterations_scale)) for i in iterations]
     total = int(round(int(iterations) * iterations_scale))
@@ -354,6 +378,7 @@ def learning_rate_factors(stage: dict) -> list[float]:
     factor = stage["learning_rate_factor"]
     n_levels = len(stage["smoothing_voxels"])
     return [float(f) for f in factor] if isinstance(factor, (list, tuple)) else [float(factor)] * n_levels
+
 
 def _comments(text: str) -> dict[str, str]:
     """``{"dotted.key": comment}`` for the keys of a block-style YAML text that carry a ``#`` comment."""
@@ -390,7 +415,9 @@ def describe_preset(preset: str | dict | Path = "deformable", **overrides: Any) 
         for i, (key, value) in enumerate(node.items()):
             pad = " " * indent if not (first and i == 0) else " " * (indent - len(first)) + first
             note = comments.get(f"{path}{key}", "")
-            if value != default.get(key):
+            if value is None and key in DIMENSIONS:
+                note = f"does not apply in {key}"  # the option does not apply to the stage there
+            elif value != default.get(key):
                 note = f"[preset] {note}".strip()
             suffix = f"  # {note}" if note else ""
             if key == "stages" and not path:

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .config import for_dimension, learning_rate_factors, stage_iterations
+from .config import for_dimension, learning_rate_factors, stage_for_dimension, stage_iterations
 from .core.encoding import level_weights
 from .motion import GridMotion, HashMotion
 from .objectives import field_regulariser, penalises_field
@@ -112,6 +112,7 @@ def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dic
         (the same metric on the same voxels); with ``guard`` on, a stage that ended worse than it started
         hands on its start (``kept_start``) instead: it made things worse (None: an image-net stage).
     """
+    stage = stage_for_dimension(stage, pair.ndim)
     steps_per_level = stage_iterations(stage, iterations_scale, pair.ndim)
     total = sum(steps_per_level)
     if total == 0:

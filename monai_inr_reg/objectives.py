@@ -115,7 +115,7 @@ class Similarity:
     sampled moving values to cheapen it). Points moved outside the moving grid (or mask) are left
     out (they carry no gradient).
 
-    On the CPU, ``mutual_information`` and ``mapped_l2`` are computed with their gradient in one
+    On the CPU, ``mutual_information``, ``mapped_l2`` and ``local_cc`` are computed with their gradient in one
     compiled call (:func:`monai_inr_reg._ext.similarity_kernel`, the same values; ``fused``: whether to
     use it where it builds), the others and every metric on a GPU in PyTorch.
     """
@@ -175,7 +175,7 @@ class Similarity:
         if self.metric == "local_cc":
             centres = moved_voxel.index_select(0, inside)
             windows = sample_image(self.moving, (centres[:, None, :] + self.offsets[None]).reshape(-1, pair.ndim))
-            return -(normalise_rows(windows[:, 0].reshape(centres.shape[0], -1)) * fixed_values).sum(1).mean()
+            return -(normalise_rows(windows[:, 0].reshape(centres.shape[0], self.offsets.shape[0])) * fixed_values).sum(1).mean()
         moving_values = sample_image(self.moving, moved_voxel.index_select(0, inside))
         if self.metric == "mind":
             return (moving_values - fixed_values).pow(2).mean()

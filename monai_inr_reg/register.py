@@ -20,7 +20,7 @@ import time
 import torch
 
 from ._ext import kernel_available
-from .config import PARAMETRIC_MODELS, load_preset, motion_for_dimension, stage_iterations
+from .config import PARAMETRIC_MODELS, load_preset, motion_for_dimension, stage_for_dimension, stage_iterations
 from .core.grid import ImageGrid, ddf_voxel_from_ddf_mm
 from .fit import fit_stage
 from .inputs import as_image_and_grid, as_initial_matrix, as_mask
@@ -140,13 +140,14 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
     torch.set_flush_denormal(True)
     pair = prepare_pair(fixed_image, fixed_grid, moving_image, moving_grid, config, device, fixed_mask, moving_mask)
     scale = float(config["iterations_scale"])
+    stages = [stage_for_dimension(stage, pair.ndim) for stage in config["stages"]]
     show = config["progress"] if progress is None else progress
     show = sys.stderr.isatty() if show == "auto" else bool(show)
     bar = None
     if show:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=sum(sum(stage_iterations(s, scale, pair.ndim)) for s in config["stages"]), desc="monai_inr_reg", leave=False)
+        bar = tqdm(total=sum(sum(stage_iterations(s, scale, pair.ndim)) for s in stages), desc="monai_inr_reg", leave=False)
     history: list[float] = []
     records: list[dict] = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _gc_frozen():
@@ -162,11 +163,11 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
             initial = initial_matrix(pair, fixed_grid, moving_grid, how)
         start_record["seconds"] = time.perf_counter() - start
         image_net, motion, motion_name, matrix = None, None, None, initial
-        classical = [s for s in config["stages"] if s["objective"] != "image_net"]
+        classical = [s for s in stages if s["objective"] != "image_net"]
         quality_stage = classical[-1] if classical else QUALITY_STAGE
-        final_parametric = config["motions"][config["stages"][-1]["motion"]]["model"] in PARAMETRIC_MODELS
+        final_parametric = config["motions"][stages[-1]["motion"]]["model"] in PARAMETRIC_MODELS
         quality, early = None, None
-        for index, stage in enumerate(config["stages"]):
+        for index, stage in enumerate(stages):
             motion_config = motion_for_dimension(config["motions"][stage["motion"]], pair.ndim)
             if (motion_config["model"] not in PARAMETRIC_MODELS and motion_name is not None
                     and config["motions"][motion_name]["model"] in PARAMETRIC_MODELS
@@ -175,7 +176,7 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
                 early = match_quality(pair, motion, initial, quality_stage)
                 if weak_after_pose(early):
                     quality = {**early, "weak_evidence": True,
-                               "skipped": [s["name"] for s in config["stages"][index:]]}
+                               "skipped": [s["name"] for s in stages[index:]]}
                     break
             if stage["objective"] == "image_net" and image_net is None:  # one image net, shared by the image-net stages
                 image_net = CoordinateNet(pair.ndim, 2 if config["multimodal"] else 1, config["image"]["encoding"],
@@ -255,7 +256,7 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
         ddf=ddf,
         matrix_mm=matrix,
         parametric=as_placed or final_parametric,
-        motion=config["stages"][-1]["motion"],
+        motion=stages[-1]["motion"],
         moving_image=moving_image.detach().cpu(),
         seconds=time.perf_counter() - start,
         loss_history=history,

@@ -14,6 +14,7 @@ import torch
 
 from synthetic_images import phantom, smooth_field
 from monai_inr_reg import load_preset, register
+from monai_inr_reg.config import stage_for_dimension
 from monai_inr_reg.core.fields import folding_fraction
 from monai_inr_reg.core.losses import fit_intensity_map, gaussian_smooth, hat_basis, mapped_l2
 from monai_inr_reg.core.sample import warp_image
@@ -72,10 +73,12 @@ def test_3d_smooth_warp_end_point_error_reduced_by_70_percent():
 
 
 def test_2d_single_modal_smooth_warp():
-    # deformable stage alone (no rigid, affine): measured 2.31 -> 0.19 px (92 %), ~3 s
+    # deformable stage alone (no rigid, affine; in 2D on local_cc): measured 2.31 -> 0.10 px (96 %), ~1 s
+    # (mutual information on the 64 x 2 net: 0.19 px)
     fixed, moving, truth = warped_pair((96, 96), 2.5)
     result = register(fixed, moving, "deformable", seed=0, progress=False, stages=last_stage("deformable"))
-    check(result, fixed, truth, min_reduction=0.85)
+    check(result, fixed, truth, min_reduction=0.9)
+    assert result.stages[-1]["objective"] == "local_cc"
 
 
 def test_2d_multi_modal_smooth_warp():
@@ -91,12 +94,14 @@ def test_image_net_deformable_stage_runs_and_helps():
     # smoothness and folding penalties; then a mutual-information stage continues the same motion
     # (no second coarse-to-fine, no second warm-up)
     fixed, moving, truth = warped_pair((64, 64), 2.0)
-    field = last_stage("deformable")[0]
+    field = stage_for_dimension(last_stage("deformable")[0], 2)
     image_net_stage = {**field, "name": "image_net", "objective": "image_net", "iterations": 150,
                        "smoothing_voxels": [0.0], "image_coarse_to_fine_share": 0.9,
                        "fixed_points_cover_table": False}
-    image_net_stage.pop("bins"), image_net_stage.pop("guard")  # options of the classical objectives
-    mi_stage = {**field, "iterations": 100, "warmup": 0.0, "coarse_to_fine_share": 0.0}
+    image_net_stage.pop("window_radius"), image_net_stage.pop("guard")  # options of the classical objectives
+    field.pop("window_radius")
+    mi_stage = {**field, "objective": "mutual_information", "smoothing_voxels": [1.0, 0.0], "iterations": 100,
+                "warmup": 0.0, "coarse_to_fine_share": 0.0}
     paper_image_net = {"encoding": {"n_levels": 16, "finest_resolution": 256},  # the paper's (and base.yaml's) image net
                        "network": {"n_neurons": 64}}
     result = register(fixed, moving, "deformable", seed=0, progress=False, stages=[image_net_stage, mi_stage],
@@ -296,7 +301,8 @@ def test_points_cover_only_the_hash_levels_in_use():
 
 def test_unknown_objective_is_named():
     fixed, moving, _ = warped_pair((24, 24), 1.0)
-    with pytest.raises(ValueError, match=r"stage 3 \('deformable'\): 'objective' must be one of"):
+    # the preset's field stage has values by dimension: the message names the dimension it was resolving
+    with pytest.raises(ValueError, match=r"stage 3 \('deformable'\) in 2d: 'objective' must be one of .*, got 'ncc'"):
         register(fixed, moving, "deformable", progress=False, stages={"deformable": {"objective": "ncc"}})
 
 

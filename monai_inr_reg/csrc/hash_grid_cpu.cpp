@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -917,6 +918,7 @@ at::Tensor sample_linear_bwd(const at::Tensor& grad_out, const at::Tensor& image
 
 constexpr int64_t kMetricMutualInformation = 0;
 constexpr int64_t kMetricMappedL2 = 1;
+constexpr int64_t kMetricLocalCC = 2;
 constexpr int64_t kChunk = 4096;
 
 struct HatCell {
@@ -1105,19 +1107,164 @@ double mapped_l2_term(const float* s, const float* t, const uint8_t* inside, int
   return total[0] / n;
 }
 
+// local_cc: minus the mean over the inside points of the windowed correlation coefficient u . f, with f
+// the fixed window (K values, zero-mean and unit-norm, given) and u the moving window sampled at the
+// moved point plus the window's voxel offsets (zeros padding), minus its mean, over its norm clamped to
+// at least kUnitNormFloor (monai_inr_reg/core/losses.py: normalise_rows). Writes d loss / d point to
+// grad (P, D) (the motion is taken as a translation over the window) and returns the loss (NaN when no
+// point is inside, as the mean of none).
+constexpr float kUnitNormFloor = 1e-6f;
+
+template <int D>
+double local_cc_term(const float* image, const int64_t* size, const float* X, const uint8_t* inside, int64_t P,
+                     const float* fixed, int64_t K, int64_t radius, float* grad) {
+  int64_t stride[D];
+  stride[D - 1] = 1;
+  for (int d = D - 2; d >= 0; --d) stride[d] = stride[d + 1] * size[d + 1];
+  std::vector<int64_t> offsets(static_cast<size_t>(K * D));  // window_offsets: C order, the last axis fastest
+  for (int64_t k = 0; k < K; ++k) {
+    int64_t rest = k;
+    for (int d = D - 1; d >= 0; --d) {
+      offsets[k * D + d] = rest % (2 * radius + 1) - radius;
+      rest /= 2 * radius + 1;
+    }
+  }
+  bool single_voxel_axis = false;
+  for (int d = 0; d < D; ++d) single_voxel_axis = single_voxel_axis || size[d] == 1;
+  std::vector<float> cc(static_cast<size_t>(P), 0.0f);
+  at::parallel_for(0, P, 512, [&](int64_t begin, int64_t end) {
+    LinearCorners<D> cs;
+    std::vector<float> m(static_cast<size_t>(K)), dm(static_cast<size_t>(K * D)), g(static_cast<size_t>(K));
+    for (int64_t p = begin; p < end; ++p) {
+      float* gp = grad + p * D;
+      for (int d = 0; d < D; ++d) gp[d] = 0.0f;
+      if (!inside[p]) continue;
+      const float* x = X + p * D;
+      // the window's samples share the centre's position within its cell: one set of corner weights
+      int64_t lo[D];
+      float w0[D], w1[D];
+      bool interior = !single_voxel_axis;
+      for (int d = 0; d < D; ++d) {
+        const float f = std::floor(x[d]);
+        lo[d] = static_cast<int64_t>(f);
+        w1[d] = x[d] - f;
+        w0[d] = 1.0f - w1[d];
+        interior = interior && lo[d] - radius >= 0 && lo[d] + radius + 1 <= size[d] - 1;
+      }
+      float weight[1 << D], slope[D][1 << D];  // d weight[c] / d x_d
+      int64_t corner[1 << D];
+      for (int c = 0; c < (1 << D); ++c) {
+        float w = 1.0f;
+        int64_t off = 0;
+        for (int d = 0; d < D; ++d) {
+          const bool up = (c >> d) & 1;
+          w *= up ? w1[d] : w0[d];
+          off += up * stride[d];
+        }
+        weight[c] = w;
+        corner[c] = off;
+        for (int d = 0; d < D; ++d) {
+          float v = ((c >> d) & 1) ? 1.0f : -1.0f;
+          for (int e = 0; e < D; ++e)
+            if (e != d) v *= ((c >> e) & 1) ? w1[e] : w0[e];
+          slope[d][c] = v;
+        }
+      }
+      float mean = 0.0f;
+      for (int64_t k = 0; k < K; ++k) {
+        float v[1 << D];
+        float* dk = dm.data() + k * D;
+        if (interior) {
+          int64_t base = 0;
+          for (int d = 0; d < D; ++d) base += (lo[d] + offsets[k * D + d]) * stride[d];
+          for (int c = 0; c < (1 << D); ++c) v[c] = image[base + corner[c]];
+        } else {  // near the edge: zeros padding, as sample_linear (the general corner code)
+          float xk[D];
+          for (int d = 0; d < D; ++d) xk[d] = x[d] + static_cast<float>(offsets[k * D + d]);
+          m[k] = 0.0f;
+          for (int d = 0; d < D; ++d) dk[d] = 0.0f;
+          if (!cs.compute(xk, size, stride, false)) continue;
+          float acc = 0.0f;
+          for (int c = 0; c < (1 << D); ++c) {
+            v[c] = cs.valid[c] ? image[cs.offset[c]] : 0.0f;
+            acc += cs.weight[c] * v[c];
+          }
+          m[k] = acc;
+          cs.gradient(v, dk);
+          mean += acc;
+          continue;
+        }
+        float acc = 0.0f;
+        for (int c = 0; c < (1 << D); ++c) acc += weight[c] * v[c];
+        for (int d = 0; d < D; ++d) {
+          float gd = 0.0f;
+          for (int c = 0; c < (1 << D); ++c) gd += slope[d][c] * v[c];
+          dk[d] = gd;
+        }
+        m[k] = acc;
+        mean += acc;
+      }
+      mean /= static_cast<float>(K);
+      float norm = 0.0f;
+      for (int64_t k = 0; k < K; ++k) {
+        m[k] -= mean;
+        norm += m[k] * m[k];
+      }
+      norm = std::sqrt(norm);
+      const float* f = fixed + p * K;
+      const bool clamped = norm < kUnitNormFloor;
+      const float inverse = 1.0f / (clamped ? kUnitNormFloor : norm);
+      float value = 0.0f;
+      for (int64_t k = 0; k < K; ++k) value += m[k] * inverse * f[k];
+      cc[p] = value;
+      // d cc / d centred: (f - cc u) / |c| (f / floor where the norm is clamped); then through the mean
+      float g_mean = 0.0f;
+      for (int64_t k = 0; k < K; ++k) {
+        g[k] = clamped ? f[k] * inverse : (f[k] - value * m[k] * inverse) * inverse;
+        g_mean += g[k];
+      }
+      g_mean /= static_cast<float>(K);
+      float total[D] = {};
+      for (int64_t k = 0; k < K; ++k)
+        for (int d = 0; d < D; ++d) total[d] += (g[k] - g_mean) * dm[k * D + d];
+      for (int d = 0; d < D; ++d) gp[d] = total[d];
+    }
+  });
+  auto sums = chunked_sum(P, 2, [&](int64_t p, double* h) {
+    if (!inside[p]) return;
+    h[0] += cc[p];
+    h[1] += 1.0;
+  });
+  if (sums[1] == 0.0) return std::numeric_limits<double>::quiet_NaN();
+  const float scale = static_cast<float>(-1.0 / sums[1]);
+  at::parallel_for(0, P * D, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) grad[i] *= scale;
+  });
+  return -sums[0] / sums[1];
+}
+
 std::tuple<at::Tensor, at::Tensor> similarity_fwd(const at::Tensor& image_in, const at::Tensor& points_in,
                                                   const at::Tensor& fixed_in, const c10::optional<at::Tensor>& keep_in,
                                                   int64_t metric, int64_t bins, double robust_scale, bool symmetric,
                                                   bool variance_gradient) {
   check_sample_inputs(image_in, points_in);
   TORCH_CHECK(image_in.size(0) == 1, "similarity: 'image' must have one channel");
-  TORCH_CHECK(metric == kMetricMutualInformation || metric == kMetricMappedL2, "similarity: unknown metric ", metric);
-  TORCH_CHECK(bins >= 2, "similarity: 'bins' must be at least 2");
+  TORCH_CHECK(metric == kMetricMutualInformation || metric == kMetricMappedL2 || metric == kMetricLocalCC,
+              "similarity: unknown metric ", metric);
+  TORCH_CHECK(metric == kMetricLocalCC || bins >= 2, "similarity: 'bins' must be at least 2");
   auto image = image_in.contiguous();
   auto points = points_in.contiguous();
   const int64_t D = points.size(1), P = points.size(0);
   auto fixed = fixed_in.to(at::kFloat).contiguous();
-  TORCH_CHECK(fixed.dim() == 1 && fixed.size(0) == P, "similarity: 'fixed' must be (P,)");
+  int64_t radius = 0;
+  if (metric == kMetricLocalCC) {  // fixed: (P, K) windows of (2 radius + 1)^D voxels
+    TORCH_CHECK(fixed.dim() == 2 && fixed.size(0) == P, "similarity: local_cc's 'fixed' must be (P, K) windows");
+    while (static_cast<int64_t>(std::llround(std::pow(2 * radius + 1, D))) < fixed.size(1)) ++radius;
+    TORCH_CHECK(std::llround(std::pow(2 * radius + 1, D)) == fixed.size(1),
+                "similarity: local_cc's window of ", fixed.size(1), " values is not (2 r + 1)^", D);
+  } else {
+    TORCH_CHECK(fixed.dim() == 1 && fixed.size(0) == P, "similarity: 'fixed' must be (P,)");
+  }
   at::Tensor keep;
   if (keep_in.has_value() && keep_in->defined()) {
     keep = keep_in->to(at::kBool).contiguous();
@@ -1135,6 +1282,13 @@ std::tuple<at::Tensor, at::Tensor> similarity_fwd(const at::Tensor& image_in, co
   else
     sample_value_and_gradient<3>(image.data_ptr<float>(), size, points.data_ptr<float>(), keep_ptr,
                                  value.data_ptr<float>(), grad.data_ptr<float>(), inside.data(), P);
+  if (metric == kMetricLocalCC) {
+    const double loss = D == 2 ? local_cc_term<2>(image.data_ptr<float>(), size, points.data_ptr<float>(), inside.data(),
+                                                  P, fixed.data_ptr<float>(), fixed.size(1), radius, grad.data_ptr<float>())
+                               : local_cc_term<3>(image.data_ptr<float>(), size, points.data_ptr<float>(), inside.data(),
+                                                  P, fixed.data_ptr<float>(), fixed.size(1), radius, grad.data_ptr<float>());
+    return {at::scalar_tensor(loss, points.options()), grad};
+  }
   std::vector<float> da(static_cast<size_t>(P), 0.0f);
   const float* a = value.data_ptr<float>();
   const float* b = fixed.data_ptr<float>();

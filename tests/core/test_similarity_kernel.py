@@ -1,6 +1,6 @@
 """The compiled data term (``similarity_fwd``) against the PyTorch code it replaces on the CPU: the value and
-the gradient to the moved points of mutual information and of the mapped L2 (one-sided, symmetric, robust),
-the same bits at any thread count, and :class:`~monai_inr_reg.objectives.Similarity` (with a moving mask)
+the gradient to the moved points of mutual information, of the mapped L2 (one-sided, symmetric, robust) and
+of the windowed correlation (``local_cc``), the same bits at any thread count, and :class:`~monai_inr_reg.objectives.Similarity` (with a moving mask)
 giving the same data term either way."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from monai_inr_reg import _ext
 from monai_inr_reg.core.grid import ImageGrid, apply_affine
-from monai_inr_reg.core.losses import gaussian_smooth, mapped_l2, mutual_information
+from monai_inr_reg.core.losses import gaussian_smooth, mapped_l2, mutual_information, normalise_rows, normalised_patches, window_offsets
 from monai_inr_reg.core.sample import sample_image
 
 pytestmark = pytest.mark.skipif(not _ext.kernel_available(), reason="compiled kernel unavailable")
@@ -114,7 +114,77 @@ def test_similarity_kernel_is_the_same_at_1_and_2_threads(metric, symmetric):
     assert torch.equal(v1, v2) and torch.equal(g1, g2)
 
 
-@pytest.mark.parametrize("objective", ["mutual_information", "mapped_l2"])
+def _local_cc_case(ndim: int, radius: int, n_points: int = 3000, seed: int = 0):
+    """:func:`_case`'s image and points (a fifth outside, some windows reaching past the edge), and a
+    fixed window per point: zero-mean, unit-norm rows of another smooth image's windows."""
+    image, points, _, keep = _case(ndim, n_points, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    windows = normalised_patches(gaussian_smooth(torch.rand(image.shape, generator=gen), 1.0), radius)
+    return image, points, windows[torch.randint(windows.shape[0], (n_points,), generator=gen)], keep
+
+
+def _torch_local_cc(image, points, fixed_windows, keep, radius):
+    """What ``Similarity.__call__`` computes for ``local_cc`` without the kernel."""
+    ndim = points.shape[1]
+    last = torch.tensor(image.shape[1:], dtype=torch.float32) - 1
+    inside = ((points >= 0) & (points <= last)).all(1)
+    if keep is not None:
+        inside = inside & keep
+    index = inside.nonzero()[:, 0]
+    centres = points.index_select(0, index)
+    samples = sample_image(image, (centres[:, None, :] + window_offsets(ndim, radius)[None]).reshape(-1, ndim))
+    return -(normalise_rows(samples[:, 0].reshape(centres.shape[0], fixed_windows.shape[1])) * fixed_windows.index_select(0, index)).sum(1).mean()
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("radius", [1, 2])
+@pytest.mark.parametrize("use_keep", [False, True])
+def test_local_cc_kernel_equals_pytorch(ndim, radius, use_keep):
+    """The windowed correlation: the moving window sampled around each inside point (zeros padding past
+    the edge), centred and normalised, against the fixed window; the gradient takes the motion as a
+    translation over the window."""
+    image, points, windows, keep = _local_cc_case(ndim, radius)
+    keep = keep if use_keep else None
+    ref, ref_grad = _value_and_gradient(lambda p: _torch_local_cc(image, p, windows, keep, radius), points)
+    out, grad = _value_and_gradient(lambda p: _ext.similarity_kernel(image, p, windows, "local_cc", 0, keep=keep), points)
+    assert out.shape == () and float(out) == pytest.approx(float(ref), rel=1e-5, abs=1e-7)
+    scale = float(ref_grad.abs().max())
+    assert scale > 0
+    assert torch.allclose(grad, ref_grad, rtol=0, atol=1e-4 * scale)
+    outside = ~((points >= 0) & (points <= torch.tensor(SHAPES[ndim], dtype=torch.float32) - 1)).all(1)
+    assert bool((grad[outside] == 0).all())
+
+
+def test_local_cc_kernel_edge_cases():
+    """No point inside: NaN (the mean of none, as the PyTorch code) and no gradient; a window of a flat
+    region (its norm under the floor): a finite value and no gradient (rounding); a window of the wrong size is refused."""
+    image, points, windows, _ = _local_cc_case(2, 1, 200)
+    out, grad = _value_and_gradient(lambda p: _ext.similarity_kernel(image, p, windows, "local_cc", 0), points + 1000.0)
+    assert math.isnan(float(out)) and math.isnan(float(_torch_local_cc(image, points + 1000.0, windows, None, 1)))
+    assert bool((grad == 0).all())
+    flat = torch.full_like(image, 0.4)
+    out, grad = _value_and_gradient(lambda p: _ext.similarity_kernel(flat, p, windows, "local_cc", 0), points.clamp(2, 30))
+    assert math.isfinite(float(out)) and float(grad.abs().max()) < 1e-9
+    with pytest.raises(RuntimeError, match=r"window of 8 values is not \(2 r \+ 1\)\^2"):
+        _ext.similarity_kernel(image, points, windows[:, :8], "local_cc", 0)
+
+
+def test_local_cc_kernel_is_the_same_at_1_and_2_threads():
+    image, points, windows, keep = _local_cc_case(3, 1, 50_000, seed=1)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(_value_and_gradient(
+                lambda p: _ext.similarity_kernel(image, p, windows, "local_cc", 0, keep=keep), points))
+    finally:
+        torch.set_num_threads(before)
+    (v1, g1), (v2, g2) = results
+    assert torch.equal(v1, v2) and torch.equal(g1, g2)
+
+
+@pytest.mark.parametrize("objective", ["mutual_information", "mapped_l2", "local_cc"])
 def test_similarity_uses_the_kernel_with_the_same_result(objective, monkeypatch):
     """``Similarity`` on a prepared pair with a moving mask and a rotated motion: the compiled term and
     the PyTorch one agree (value and gradient to the motion's matrix), and the compiled one is used."""
@@ -128,7 +198,7 @@ def test_similarity_uses_the_kernel_with_the_same_result(objective, monkeypatch)
     mask[4:-6, 3:-3] = 1.0
     grid = ImageGrid.from_ras_affine(SHAPES[2], None)
     pair = prepare_pair(fixed, grid, moving, grid, load_preset("multimodal-rigid"), "cpu", moving_mask=mask)
-    stage = {"objective": objective, "bins": 16, "symmetric": objective == "mapped_l2"}
+    stage = {"objective": objective, "bins": 16, "symmetric": objective == "mapped_l2", "window_radius": 1}
     angle = math.radians(7.0)
     results = []
     for fused in (True, False):
