@@ -165,6 +165,9 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
         image_net, motion, motion_name, matrix = None, None, None, initial
         classical = [s for s in stages if s["objective"] != "image_net"]
         quality_stage = classical[-1] if classical else QUALITY_STAGE
+        # weak evidence is judged on mutual information (its thresholds are in nats), by the last stage fitting it:
+        # `deformable` fits 2D fields on local_cc after an affine stage on mutual information
+        evidence_stage = next((s for s in reversed(classical) if s["objective"] == "mutual_information"), quality_stage)
         final_parametric = config["motions"][stages[-1]["motion"]]["model"] in PARAMETRIC_MODELS
         quality, early = None, None
         for index, stage in enumerate(stages):
@@ -173,7 +176,7 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
                     and config["motions"][motion_name]["model"] in PARAMETRIC_MODELS
                     and config["on_weak_evidence"] != "warn"):
                 # before the first field: a pose that still shares little information will not be returned
-                early = match_quality(pair, motion, initial, quality_stage)
+                early = match_quality(pair, motion, initial, evidence_stage)
                 if weak_after_pose(early):
                     quality = {**early, "weak_evidence": True,
                                "skipped": [s["name"] for s in stages[index:]]}
@@ -206,6 +209,10 @@ def register_on_grids(fixed_image: torch.Tensor, fixed_grid: ImageGrid, moving_i
                             "than from the previous stages' result; it continued from there", stage["name"])
         if quality is None:
             quality = match_quality(pair, motion, initial, quality_stage)
+            if evidence_stage is not quality_stage:
+                evidence = match_quality(pair, motion, initial, evidence_stage)
+                if evidence["weak_evidence"]:
+                    quality = evidence  # reported in the measure that found it
         better_start = min(quality["no_registration"], quality["start"])
         if quality["suspect"]:
             logger.warning("monai_inr_reg: SUSPECT result: the images match worse after the registration (%s %.4g) "

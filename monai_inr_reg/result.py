@@ -58,12 +58,14 @@ class RegistrationResult:
         refined_from_start: a stage continued from the initial alignment rather than from the stages
             before it (``started_from == "start"``): an image-net stage that ran away was dropped.
         quality: how well the images match, by the last stage's data term that compares the real
-            images, on the sharp images (mutual information when no stage does; ``metric``:
-            ``mapped_l2`` or ``mutual_information`` as minus MI; lower is better):
+            images, on the sharp images (mutual information when no stage does; ``metric``: that
+            stage's objective, e.g. ``mapped_l2``, ``mutual_information`` as minus MI, ``local_cc`` as minus
+            the mean windowed correlation; lower is better):
             ``no_registration`` (the grids placed on each other through their affines), ``start``
             (the first stage's start), ``final``; ``suspect`` is True when ``final`` is worse than
             the better of the two starts (the registration made things worse: look at the start);
-            ``weak_evidence`` (mutual information) is True when the images at the better start share
+            ``weak_evidence`` (mutual information, by the last stage on it: the figures are then
+            in its measure) is True when the images at the better start share
             little information and the registration multiplied it several-fold (the field made most of
             the match it reports, as on MR -> TRUS pairs: check the result; thresholds and their
             measurement in :func:`monai_inr_reg.objectives.match_quality`), or, checked before a field

@@ -191,6 +191,19 @@ def test_weak_evidence_registers_again_within_bounds_or_returns_the_images_as_pl
     assert torch.allclose(given.ddf, expected.expand_as(given.ddf), atol=1e-5)
 
 
+def test_weak_evidence_of_a_2d_field_on_local_cc_is_judged_on_mutual_information():
+    """`deformable` fits 2D fields on local_cc, after an affine stage on mutual information: the report
+    reads the field's own measure, but weak evidence is judged on mutual information (its thresholds are in
+    nats), so unrelated images are flagged as with the multi-modal preset, and reported in nats."""
+    fixed, moving = unrelated_textures()
+    result = register(fixed, moving, "deformable", **WEAK_FAST)
+    assert result.quality["metric"] == "mutual_information" and result.quality["weak_evidence"]
+    assert result.quality["returned"] == "bounded"
+    aligned = register(*pair(), "deformable", iterations_scale=0.2)
+    assert aligned.quality["metric"] == "local_cc" and not aligned.quality["weak_evidence"]
+    assert not aligned.quality["suspect"] and aligned.quality["final"] < aligned.quality["no_registration"]
+
+
 def test_the_command_line_writes_what_came_back(tmp_path):
     """Through the command line on NIfTI files: the metrics rows say ``bounded`` (the default) and
     ``as_placed``; the latter's ITK transform file is the identity and its warped image the moving image."""

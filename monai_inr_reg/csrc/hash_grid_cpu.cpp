@@ -904,7 +904,7 @@ at::Tensor sample_linear_bwd(const at::Tensor& grad_out, const at::Tensor& image
 }
 
 // ---------------------------------------------------------------------------------------------
-// The data term of monai_inr_reg.objectives.Similarity for "mutual_information" and "mapped_l2", and
+// The data term of monai_inr_reg.objectives.Similarity for "mutual_information", "mapped_l2" and "local_cc", and
 // its gradient with respect to the moved points, in one call (the torch path took about 50 small
 // operations a step; monai_inr_reg/core/losses.py holds the same maths and their documentation):
 //   1. per point: inside the moving grid ([0, size - 1] on every axis) and `keep`; there, the moving
@@ -914,6 +914,7 @@ at::Tensor sample_linear_bwd(const at::Tensor& grad_out, const at::Tensor& image
 //      accumulated in chunks of a fixed size and summed in chunk order, so the same bits at any
 //      thread count;
 //   3. per point: d loss / d moving value, times the spatial gradient.
+// "local_cc" (local_cc_term below) uses step 1 for `inside` only, then samples each point's window.
 // a = the moving values, b = the fixed values (no gradient), both about [0, 1], on `bins` hat knots.
 
 constexpr int64_t kMetricMutualInformation = 0;
