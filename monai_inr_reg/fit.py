@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .config import for_dimension, learning_rate_factors, stage_for_dimension, stage_iterations
+from .config import learning_rate_factors, stage_for_dimension, stage_iterations
 from .core.encoding import level_weights
 from .motion import GridMotion, HashMotion
 from .objectives import field_regulariser, penalises_field
@@ -78,15 +78,16 @@ def fixed_points_per_iteration(stage: dict, motion, level: int = 0, levels_on: i
 
 
 def regulariser_points(stage: dict, pair: ImagePair, finest_resolution: float) -> int:
-    """The field regulariser's points per iteration of a hash stage: ``penalty_points`` (its entry for
-    the pair's dimension), or ``fine_field_penalty_points`` (when not 0) where the motion's finest cell,
+    """The field regulariser's points per iteration of a hash stage (resolved for the pair's dimension,
+    :func:`~monai_inr_reg.config.stage_for_dimension`): ``penalty_points``, or
+    ``fine_field_penalty_points`` (when not 0) where the motion's finest cell,
     the box edge over ``finest_resolution``, spans fewer than ``FINE_CELL_VOXELS`` fixed voxels along
     the fixed image's coarsest axis."""
     fine = int(stage.get("fine_field_penalty_points", 0))
     cell_voxels = pair.box.scale_mm() / finest_resolution / float(pair.fixed_spacing_mm.max())
     if fine and cell_voxels < FINE_CELL_VOXELS:
         return fine
-    return int(for_dimension(stage["penalty_points"], pair.ndim))
+    return int(stage["penalty_points"])
 
 
 def fit_stage(pair: ImagePair, stage: dict, candidates: list, motion_config: dict, objective, *,
