@@ -5,7 +5,8 @@ The C++ source ``csrc/hash_grid_cpu.cpp`` registers torch custom ops for the has
 (``mlp_fwd`` / ``mlp_fwd_saving`` / ``mlp_bwd``, :func:`mlp_forward_kernel`) and the linear sampling of an image
 (``sample_linear_fwd`` / ``sample_linear_bwd``, :func:`sample_linear_kernel`), the data terms of
 :class:`~monai_inr_reg.objectives.Similarity` with their gradient (``similarity_fwd``,
-:func:`similarity_kernel`), and is compiled with
+:func:`similarity_kernel`) and the affine map of points (``affine_points_fwd`` / ``affine_points_bwd``,
+:func:`affine_forward`), and is compiled with
 ``torch.utils.cpp_extension.load`` the first time :func:`kernel_available` is called in a process.
 The build is cached per installed copy: in a folder of its own under ``$TORCH_EXTENSIONS_DIR``
 (default ``~/.cache/torch_extensions``) named by a hash of the source's content and location, the
@@ -40,7 +41,7 @@ from .core.mlp import MLPSpec
 
 __all__ = ["kernel_available", "kernel_disabled", "hash_grid_encode_kernel", "mlp_kernel_supports",
            "mlp_forward_kernel", "sample_kernel_supports", "sample_linear_kernel", "similarity_kernel_supports",
-           "similarity_kernel", "ENV_SWITCH", "build_info", "build_directory"]
+           "similarity_kernel", "affine_kernel_supports", "affine_forward", "image_net_l2_kernel", "affine_backward", "ENV_SWITCH", "build_info", "build_directory"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,8 @@ def _build() -> None:
                 errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip()[:300]}")
         else:
             raise RuntimeError("; ".join(errors))
-        missing = [op for op in ("hash_grid_fwd", "mlp_fwd", "mlp_fwd_saving", "sample_linear_fwd", "similarity_fwd")
+        missing = [op for op in ("hash_grid_fwd", "mlp_fwd", "mlp_fwd_saving", "sample_linear_fwd", "similarity_fwd",
+                                 "affine_points_fwd")
                    if not hasattr(torch.ops.monai_inr_reg, op)]
         if missing:
             raise RuntimeError(f"the built library did not register torch.ops.monai_inr_reg.{missing}")
@@ -256,6 +258,64 @@ def mlp_forward_kernel(features: torch.Tensor, weights: list[torch.Tensor], bias
     return _MLPFunction.apply(keep_hidden, features, *weights, *biases)
 
 
+
+class _ImageNetL2Function(torch.autograd.Function):
+    """The forward of :func:`image_net_l2_kernel` computes every gradient too (one node instead of a
+    dozen: at the image-net stage's 1,024 points the graph's small operations cost as much as the
+    kernels); the backward scales them."""
+
+    @staticmethod
+    def forward(ctx, fixed_unit, moving_unit, fixed_values, moving_values, channels, params, level_weights, levels,
+                hash_meta, *mlp):
+        n = len(mlp) // 2
+        weights, biases = list(mlp[:n]), list(mlp[n:])
+        points = torch.cat([fixed_unit, moving_unit]).to(params.dtype)
+        features = torch.ops.monai_inr_reg.hash_grid_fwd(points, params, levels, level_weights, *hash_meta)
+        out, hidden = torch.ops.monai_inr_reg.mlp_fwd_saving(features, weights, biases)
+        n_fixed, fixed_channel, moving_channel = fixed_unit.shape[0], channels[0], channels[1]
+        fixed_residual = out[:n_fixed, fixed_channel] - fixed_values
+        moving_residual = out[n_fixed:, moving_channel] - moving_values
+        loss = fixed_residual.square().mean() + moving_residual.square().mean()
+        grad_out = torch.zeros_like(out)
+        grad_out[:n_fixed, fixed_channel] = fixed_residual * (2.0 / max(n_fixed, 1))
+        grad_out[n_fixed:, moving_channel] = moving_residual * (2.0 / max(moving_unit.shape[0], 1))
+        grad_features, *grad_mlp = torch.ops.monai_inr_reg.mlp_bwd(grad_out, features, weights, biases, True, hidden)
+        need_points = ctx.needs_input_grad[0]
+        grad_params, grad_points = torch.ops.monai_inr_reg.hash_grid_bwd(grad_features, points, params, levels,
+                                                                         level_weights, *hash_meta, True, need_points)
+        ctx.save_for_backward(grad_points[:n_fixed] if need_points else None, grad_params, *grad_mlp)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        grad_fixed_unit, grad_params, *grad_mlp = ctx.saved_tensors
+        scaled = None if grad_fixed_unit is None else grad_fixed_unit * grad_loss
+        return (scaled, None, None, None, None, grad_params * grad_loss, None, None, None,
+                *(g * grad_loss for g in grad_mlp))
+
+
+def image_net_l2_kernel(fixed_unit: torch.Tensor, moving_unit: torch.Tensor, fixed_values: torch.Tensor,
+                        moving_values: torch.Tensor, channels: tuple[int, int], params: torch.Tensor, spec: HashGridSpec,
+                        level_weights: torch.Tensor | None, weights: list[torch.Tensor],
+                        biases: list[torch.Tensor]) -> torch.Tensor:
+    """The paper's L2 through an image net (:class:`~monai_inr_reg.objectives.ImageNetL2`) in one
+    autograd node: ``mean((I(fixed_unit)[:, c_f] - fixed_values)^2) + mean((I(moving_unit)[:, c_m] -
+    moving_values)^2)``, ``I`` the hash grid ``params`` / ``spec`` (``level_weights`` ``(L,)`` or None,
+    no gradient) and the MLP ``weights`` / ``biases`` (:func:`mlp_forward_kernel`), ``channels`` ``(c_f,
+    c_m)``. Points ``(P, D)`` / ``(Q, D)`` in ``[0, 1]^D`` (clamped); gradients to ``fixed_unit``, the
+    tables and the MLP. The same values as the composition of :func:`hash_grid_encode_kernel` and
+    :func:`mlp_forward_kernel` up to rounding.
+
+    Raises:
+        RuntimeError: the kernel is unavailable.
+    """
+    if not kernel_available():
+        raise RuntimeError(f"image_net_l2_kernel(): the compiled kernel is unavailable ({_STATE['error'] or ENV_SWITCH + ' is set'})")
+    lw = _ones(spec.n_levels, params.dtype) if level_weights is None else level_weights.detach().to(params.dtype).contiguous()
+    return _ImageNetL2Function.apply(fixed_unit, moving_unit, fixed_values, moving_values, tuple(channels), params, lw,
+                                     _levels_tensor(spec), (spec.n_features, spec.log2_hashmap_size), *weights, *biases)
+
 class _SampleLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, image, points, border):
@@ -351,3 +411,53 @@ def similarity_kernel(image: torch.Tensor, points_voxel: torch.Tensor, fixed_val
                          f"{image.device}, points {tuple(points_voxel.shape)}, metric {metric!r}")
     return _SimilarityFunction.apply(image, points, fixed_values, keep, SIMILARITY_METRICS[metric], int(bins),
                                      float(robust_scale), bool(symmetric), bool(variance_gradient))
+
+
+def affine_kernel_supports(points: torch.Tensor) -> bool:
+    """Whether :func:`affine_forward` maps these points ``(P, D)`` with the compiled kernel: CPU float32 or
+    float64, D 2 or 3, and the kernel builds."""
+    return (points.device.type == "cpu" and points.dtype in (torch.float32, torch.float64) and points.dim() == 2
+            and points.shape[1] in (2, 3) and kernel_available())
+
+
+def affine_forward(rows: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """``points @ rows[:, :D].T + rows[:, D]``: the affine map ``rows`` ``(D, D + 1)`` (the points' dtype) of
+    points ``(P, D)``, with the kernel where :func:`affine_kernel_supports`, else ``addmm``. No autograd
+    (see :func:`affine_backward`); :func:`~monai_inr_reg.core.grid.apply_affine` is the differentiable map."""
+    if affine_kernel_supports(points):
+        return torch.ops.monai_inr_reg.affine_points_fwd(points, rows)
+    d = points.shape[1]
+    return torch.addmm(rows[:, d], points, rows[:, :d].T)
+
+
+def affine_backward(grad: torch.Tensor, points: torch.Tensor, rows: torch.Tensor, need_points: bool,
+                    need_rows: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The gradients of :func:`affine_forward` for ``grad`` ``(P, D)``: the points' ``(P, D)`` and the rows'
+    ``(D, D + 1)`` (float64: summed in float64 over the points in a fixed order, the same bits at any
+    thread count), None where not needed."""
+    if affine_kernel_supports(points):
+        grad_points, grad_rows = torch.ops.monai_inr_reg.affine_points_bwd(grad, points, rows, need_points, need_rows)
+        return (grad_points if need_points else None), (grad_rows if need_rows else None)
+    d = points.shape[1]
+    grad_points = grad.mm(rows[:, :d]) if need_points else None
+    grad_rows = None
+    if need_rows:
+        g, x = grad.to(torch.float64), points.to(torch.float64)
+        grad_rows = torch.cat([g.T.mm(x), g.sum(0)[:, None]], dim=1)
+    return grad_points, grad_rows
+
+
+class AffineFunction(torch.autograd.Function):
+    """:func:`affine_forward` with its gradients to ``rows`` and ``points`` (:func:`affine_backward`)."""
+
+    @staticmethod
+    def forward(ctx, rows, points):
+        ctx.save_for_backward(rows, points)
+        return affine_forward(rows, points)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        rows, points = ctx.saved_tensors
+        grad_points, grad_rows = affine_backward(grad, points, rows, ctx.needs_input_grad[1], ctx.needs_input_grad[0])
+        return (None if grad_rows is None else grad_rows.to(rows.dtype)), grad_points

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .core.grid import ImageGrid, NormalisedBox, apply_affine
-from .core.linear import centred_matrix, nearest_rotation, rotation_parameters
+from .core.linear import centred_map, centred_matrix, nearest_rotation, rotation_parameters
 from .core.sample import sample_image
 from .nn import CoordinateNet
 
@@ -49,7 +49,8 @@ class RigidMotion(nn.Module):
         return centred_matrix(self.rotation, self.translation, self.center_mm, rotation=True, translation_scale=self.scale_mm)
 
     def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
-        return apply_affine(self.matrix(), points_mm)
+        return centred_map(self.rotation, self.translation, self.center_mm, points_mm, rotation=True,
+                           translation_scale=self.scale_mm)
 
 
 class AffineMotion(nn.Module):
@@ -69,7 +70,8 @@ class AffineMotion(nn.Module):
         return centred_matrix(self.linear, self.translation, self.center_mm, rotation=False, translation_scale=self.scale_mm)
 
     def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
-        return apply_affine(self.matrix(), points_mm)
+        return centred_map(self.linear, self.translation, self.center_mm, points_mm, rotation=False,
+                           translation_scale=self.scale_mm)
 
 
 class HashMotion(nn.Module):

@@ -165,6 +165,17 @@ class CoordinateNet(nn.Module):
                 return _ext.mlp_forward_kernel(features, weights, biases, self.mlp_spec)
         return mlp_forward(features, weights, biases, self.mlp_spec)
 
+    def runs_in_kernel(self, points_unit: torch.Tensor) -> bool:
+        """Whether :meth:`forward` computes ``points_unit`` with the compiled encoding and MLP (then
+        :func:`monai_inr_reg._ext.image_net_l2_kernel` computes the same net)."""
+        if self.encoding.tcnn is not None or self.encoding.backend == "torch" or points_unit.device.type != "cpu":
+            return False
+        from . import _ext
+
+        features = points_unit.new_empty(0, self.encoding.n_output_dims, dtype=self.encoding.params.dtype)
+        return ((self.encoding.backend == "kernel" or _ext.kernel_available())
+                and _ext.mlp_kernel_supports(features, list(self.weights), self.mlp_spec))
+
     def encoding_parameters(self) -> list[nn.Parameter]:
         """The hash tables (give them their own, larger learning rate)."""
         return list(self.encoding.parameters())

@@ -47,7 +47,9 @@ class ImageNetL2:
     make aligned structure the cheapest thing to store. With ``image_coarse_to_fine_share`` the
     image net's hash levels fade in over that share of the stage (weights of
     :func:`~monai_inr_reg.core.encoding.level_weights`), so that the motion aligns before the
-    image net can memorise both images. With a moving mask, only points inside it count.
+    image net can memorise both images. With a moving mask, only points inside it count. Where the
+    net runs in the compiled kernel (CPU), the loss and its gradients are one compiled node
+    (:func:`monai_inr_reg._ext.image_net_l2_kernel`, the same values up to rounding).
     """
 
     def __init__(self, pair: ImagePair, image_net, stage: dict, *, multimodal: bool, learning_rate: dict):
@@ -80,6 +82,10 @@ class ImageNetL2:
         # border padding: outside its grid the moving image continues its edge (a bright background stays bright)
         moving_values = sample_image(self.moving, moving_voxel, padding_mode="border")[:, 0]
         moved_unit = pair.box.to_unit(moved_mm.to(torch.float32))
+        if pair.moving_mask is None and net.runs_in_kernel(moved_unit):
+            return _ext.image_net_l2_kernel(moved_unit, moving_unit, fixed_values, moving_values,
+                                            (self.fixed_channel, self.moving_channel), net.encoding.params,
+                                            net.encoding.spec, weights, list(net.weights), list(net.biases))
         # one evaluation of the net for both terms (half the operations of two)
         pred = net(torch.cat([moved_unit, moving_unit]), weights)
         n_fixed = moved_unit.shape[0]

@@ -1,5 +1,6 @@
 // Hash-grid encoding (Instant-NGP) on the CPU: forward and backward (to the tables and to the points).
-// Below it, the coordinate MLP and the linear sampling of an image (each with its own header comment).
+// Below it, the coordinate MLP, the linear sampling of an image, the similarity terms and the affine map of
+// points (each with its own header comment).
 //
 // Same maths and parameter layout as monai_inr_reg/core/encoding.py (read its module docstring):
 // level l has R_l cells per unit, vertices at i / R_l; dense levels store (F, size_l) channel first,
@@ -1310,6 +1311,89 @@ std::tuple<at::Tensor, at::Tensor> similarity_fwd(const at::Tensor& image_in, co
   return {at::scalar_tensor(loss, points.options()), grad};
 }
 
+// ---------------------------------------------------------------------------------------------
+// An affine map of points, y = x A^T + b with `matrix` = [A | b] (D, D + 1), and its backward (the
+// Python side: monai_inr_reg.core.grid.apply_affine). torch's matrix product takes 40-800 us for a
+// (P, 2 or 3) by (D, D) product (P = 4,096-65,536) that needs a few microseconds as a plain loop; the
+// fits map their points several times a step. Forward and the points' gradient per point (parallel);
+// the matrix's gradient grad^T [x, 1] summed in float64 over chunks of kChunk points in chunk order
+// (the same bits at any thread count).
+
+template <typename T, int D>
+void affine_forward_impl(const T* X, const T* M, T* Y, int64_t P) {
+  at::parallel_for(0, P, 16384, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const T* x = X + p * D;
+      for (int i = 0; i < D; ++i) {
+        T acc = M[i * (D + 1) + D];
+        for (int j = 0; j < D; ++j) acc += M[i * (D + 1) + j] * x[j];
+        Y[p * D + i] = acc;
+      }
+    }
+  });
+}
+
+at::Tensor affine_points_fwd(const at::Tensor& points_in, const at::Tensor& matrix_in) {
+  TORCH_CHECK(points_in.device().is_cpu() && matrix_in.device().is_cpu(), "affine_points: CPU tensors only");
+  TORCH_CHECK(points_in.dim() == 2 && (points_in.size(1) == 2 || points_in.size(1) == 3), "affine_points: 'points' must be (P, 2 or 3)");
+  const int64_t D = points_in.size(1), P = points_in.size(0);
+  TORCH_CHECK(matrix_in.dim() == 2 && matrix_in.size(0) == D && matrix_in.size(1) == D + 1, "affine_points: 'matrix' must be (D, D + 1)");
+  TORCH_CHECK(points_in.scalar_type() == matrix_in.scalar_type() &&
+              (points_in.scalar_type() == at::kFloat || points_in.scalar_type() == at::kDouble),
+              "affine_points: float32 or float64 tensors of one dtype");
+  auto points = points_in.contiguous();
+  auto matrix = matrix_in.contiguous();
+  auto out = at::empty({P, D}, points.options());
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "affine_points_fwd", [&] {
+    if (D == 2)
+      affine_forward_impl<scalar_t, 2>(points.data_ptr<scalar_t>(), matrix.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), P);
+    else
+      affine_forward_impl<scalar_t, 3>(points.data_ptr<scalar_t>(), matrix.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), P);
+  });
+  return out;
+}
+
+// (grad_points (P, D) or an empty tensor, grad_matrix (D, D + 1) float64 or an empty tensor)
+std::tuple<at::Tensor, at::Tensor> affine_points_bwd(const at::Tensor& grad_in, const at::Tensor& points_in,
+                                                     const at::Tensor& matrix_in, bool need_points, bool need_matrix) {
+  const int64_t D = points_in.size(1), P = points_in.size(0);
+  auto points = points_in.contiguous();
+  auto matrix = matrix_in.contiguous();
+  auto grad = grad_in.to(points.scalar_type()).contiguous();
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == P && grad.size(1) == D, "affine_points: 'grad' must be (P, D)");
+  at::Tensor grad_points = at::empty({0}, points.options()), grad_matrix = at::empty({0}, points.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "affine_points_bwd", [&] {
+    const scalar_t* X = points.data_ptr<scalar_t>();
+    const scalar_t* M = matrix.data_ptr<scalar_t>();
+    const scalar_t* G = grad.data_ptr<scalar_t>();
+    if (need_points) {
+      grad_points = at::empty({P, D}, points.options());
+      scalar_t* out = grad_points.data_ptr<scalar_t>();
+      at::parallel_for(0, P, 16384, [&](int64_t begin, int64_t end) {
+        for (int64_t p = begin; p < end; ++p)
+          for (int64_t j = 0; j < D; ++j) {
+            scalar_t acc = 0;
+            for (int64_t i = 0; i < D; ++i) acc += G[p * D + i] * M[i * (D + 1) + j];
+            out[p * D + j] = acc;
+          }
+      });
+    }
+    if (need_matrix) {
+      const int64_t W = D * (D + 1);
+      auto sums = chunked_sum(P, W, [&](int64_t p, double* acc) {
+        for (int64_t i = 0; i < D; ++i) {
+          const double g = G[p * D + i];
+          for (int64_t j = 0; j < D; ++j) acc[i * (D + 1) + j] += g * X[p * D + j];
+          acc[i * (D + 1) + D] += g;
+        }
+      });
+      grad_matrix = at::empty({D, D + 1}, points.options().dtype(at::kDouble));
+      std::copy(sums.begin(), sums.end(), grad_matrix.data_ptr<double>());
+    }
+  });
+  return {grad_points, grad_matrix};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(monai_inr_reg, m) {
@@ -1324,6 +1408,8 @@ TORCH_LIBRARY(monai_inr_reg, m) {
   m.def("sample_linear_bwd(Tensor grad_out, Tensor image, Tensor points, bool border) -> Tensor");
   m.def("similarity_fwd(Tensor image, Tensor points, Tensor fixed, Tensor? keep, int metric, int bins, "
         "float robust_scale, bool symmetric, bool variance_gradient) -> (Tensor, Tensor)");
+  m.def("affine_points_fwd(Tensor points, Tensor matrix) -> Tensor");
+  m.def("affine_points_bwd(Tensor grad, Tensor points, Tensor matrix, bool need_points, bool need_matrix) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(monai_inr_reg, CPU, m) {
@@ -1335,4 +1421,6 @@ TORCH_LIBRARY_IMPL(monai_inr_reg, CPU, m) {
   m.impl("sample_linear_fwd", &sample_linear_fwd);
   m.impl("sample_linear_bwd", &sample_linear_bwd);
   m.impl("similarity_fwd", &similarity_fwd);
+  m.impl("affine_points_fwd", &affine_points_fwd);
+  m.impl("affine_points_bwd", &affine_points_bwd);
 }
