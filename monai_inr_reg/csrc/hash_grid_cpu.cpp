@@ -1353,6 +1353,39 @@ at::Tensor affine_points_fwd(const at::Tensor& points_in, const at::Tensor& matr
   return out;
 }
 
+template <typename T, int D>
+void affine_backward_impl(const T* G, const T* X, const T* M, int64_t P, T* grad_points, double* grad_matrix) {
+  if (grad_points != nullptr)
+    at::parallel_for(0, P, 16384, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p)
+        for (int j = 0; j < D; ++j) {
+          T acc = 0;
+          for (int i = 0; i < D; ++i) acc += G[p * D + i] * M[i * (D + 1) + j];
+          grad_points[p * D + j] = acc;
+        }
+    });
+  if (grad_matrix == nullptr) return;
+  // per chunk of kChunk points in float64, the chunks summed in order (as chunked_sum, unrolled for D)
+  const int64_t n_chunks = std::max<int64_t>((P + kChunk - 1) / kChunk, 1);
+  std::vector<double> partial(static_cast<size_t>(n_chunks * D * (D + 1)), 0.0);
+  at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double acc[D][D + 1] = {};
+      for (int64_t p = c * kChunk; p < std::min(P, (c + 1) * kChunk); ++p)
+        for (int i = 0; i < D; ++i) {
+          const double g = G[p * D + i];
+          for (int j = 0; j < D; ++j) acc[i][j] += g * X[p * D + j];
+          acc[i][D] += g;
+        }
+      for (int i = 0; i < D; ++i)
+        for (int j = 0; j <= D; ++j) partial[(c * D + i) * (D + 1) + j] = acc[i][j];
+    }
+  });
+  for (int64_t k = 0; k < D * (D + 1); ++k) grad_matrix[k] = 0.0;
+  for (int64_t c = 0; c < n_chunks; ++c)
+    for (int64_t k = 0; k < D * (D + 1); ++k) grad_matrix[k] += partial[c * D * (D + 1) + k];
+}
+
 // (grad_points (P, D) or an empty tensor, grad_matrix (D, D + 1) float64 or an empty tensor)
 std::tuple<at::Tensor, at::Tensor> affine_points_bwd(const at::Tensor& grad_in, const at::Tensor& points_in,
                                                      const at::Tensor& matrix_in, bool need_points, bool need_matrix) {
@@ -1361,35 +1394,12 @@ std::tuple<at::Tensor, at::Tensor> affine_points_bwd(const at::Tensor& grad_in, 
   auto matrix = matrix_in.contiguous();
   auto grad = grad_in.to(points.scalar_type()).contiguous();
   TORCH_CHECK(grad.dim() == 2 && grad.size(0) == P && grad.size(1) == D, "affine_points: 'grad' must be (P, D)");
-  at::Tensor grad_points = at::empty({0}, points.options()), grad_matrix = at::empty({0}, points.options().dtype(at::kDouble));
+  at::Tensor grad_points = need_points ? at::empty({P, D}, points.options()) : at::empty({0}, points.options());
+  at::Tensor grad_matrix = at::empty({need_matrix ? D : 0, D + 1}, points.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "affine_points_bwd", [&] {
-    const scalar_t* X = points.data_ptr<scalar_t>();
-    const scalar_t* M = matrix.data_ptr<scalar_t>();
-    const scalar_t* G = grad.data_ptr<scalar_t>();
-    if (need_points) {
-      grad_points = at::empty({P, D}, points.options());
-      scalar_t* out = grad_points.data_ptr<scalar_t>();
-      at::parallel_for(0, P, 16384, [&](int64_t begin, int64_t end) {
-        for (int64_t p = begin; p < end; ++p)
-          for (int64_t j = 0; j < D; ++j) {
-            scalar_t acc = 0;
-            for (int64_t i = 0; i < D; ++i) acc += G[p * D + i] * M[i * (D + 1) + j];
-            out[p * D + j] = acc;
-          }
-      });
-    }
-    if (need_matrix) {
-      const int64_t W = D * (D + 1);
-      auto sums = chunked_sum(P, W, [&](int64_t p, double* acc) {
-        for (int64_t i = 0; i < D; ++i) {
-          const double g = G[p * D + i];
-          for (int64_t j = 0; j < D; ++j) acc[i * (D + 1) + j] += g * X[p * D + j];
-          acc[i * (D + 1) + D] += g;
-        }
-      });
-      grad_matrix = at::empty({D, D + 1}, points.options().dtype(at::kDouble));
-      std::copy(sums.begin(), sums.end(), grad_matrix.data_ptr<double>());
-    }
+    auto run = D == 2 ? affine_backward_impl<scalar_t, 2> : affine_backward_impl<scalar_t, 3>;
+    run(grad.data_ptr<scalar_t>(), points.data_ptr<scalar_t>(), matrix.data_ptr<scalar_t>(), P,
+        need_points ? grad_points.data_ptr<scalar_t>() : nullptr, need_matrix ? grad_matrix.data_ptr<double>() : nullptr);
   });
   return {grad_points, grad_matrix};
 }
