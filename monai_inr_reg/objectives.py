@@ -248,13 +248,54 @@ def field_regulariser(gradient: torch.Tensor, linear: torch.Tensor, stage: dict)
     """
     smooth_weight = float(stage["smoothness_weight"])
     fold_weight = float(stage["folding_weight"])
+    threshold = float(stage["folding_threshold"])
+    if not linear.requires_grad and gradient.shape[-1] in (2, 3) and gradient.shape[0] > 0:
+        return _FieldRegulariser.apply(gradient, linear.detach().to(gradient.dtype), smooth_weight, fold_weight, threshold)
     total = gradient.new_zeros(())
     if smooth_weight > 0:
         total = total + smooth_weight * gradient.pow(2).sum((1, 2)).mean()
     if fold_weight > 0:
         det = _determinants(linear.to(gradient.dtype) + gradient)
-        total = total + fold_weight * torch.relu(float(stage["folding_threshold"]) - det).mean()
+        total = total + fold_weight * torch.relu(threshold - det).mean()
     return total
+
+
+class _FieldRegulariser(torch.autograd.Function):
+    """:func:`field_regulariser` for a fixed ``A``, with its gradient in closed form: ``2 w_s G / P`` and,
+    where ``det(A + G)`` is under the threshold, ``-w_f / P`` times the cofactors of ``A + G`` (the
+    derivative of a determinant). One autograd node instead of about twenty: the 2D field stages
+    run it every step on 256-1,024 points."""
+
+    @staticmethod
+    def forward(ctx, gradient, linear, smooth_weight, fold_weight, threshold):
+        n = gradient.shape[0]
+        total = gradient.new_zeros(())
+        grad = torch.zeros_like(gradient)
+        if smooth_weight > 0:
+            total = total + smooth_weight * gradient.square().sum() / n
+            grad = grad + (2.0 * smooth_weight / n) * gradient
+        if fold_weight > 0:
+            jacobians = linear + gradient
+            shortfall = threshold - _determinants(jacobians)
+            total = total + fold_weight * shortfall.clamp_min(0.0).sum() / n
+            grad = grad - (fold_weight / n) * (shortfall > 0)[:, None, None] * _cofactors(jacobians)
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_total):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_total, None, None, None, None
+
+
+def _cofactors(jacobians: torch.Tensor) -> torch.Tensor:
+    """``d det(J) / d J`` of ``(P, D, D)`` matrices, D = 2 or 3: their cofactor matrices."""
+    if jacobians.shape[-1] == 2:
+        return torch.stack([jacobians[:, 1, 1], -jacobians[:, 1, 0], -jacobians[:, 0, 1], jacobians[:, 0, 0]],
+                           dim=1).reshape(-1, 2, 2)
+    rows = [jacobians[:, 0], jacobians[:, 1], jacobians[:, 2]]
+    return torch.stack([torch.linalg.cross(rows[(i + 1) % 3], rows[(i + 2) % 3]) for i in range(3)], dim=1)
 
 
 def _determinants(jacobians: torch.Tensor) -> torch.Tensor:

@@ -177,6 +177,26 @@ def test_folding_penalty_acts_only_where_the_map_folds():
     assert penalty(folded) == pytest.approx(2.0 * (0.1 + 1.0), rel=1e-5)
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_field_regulariser_node_equals_its_graph(ndim):
+    from monai_inr_reg.objectives import field_regulariser
+
+    gen = torch.Generator().manual_seed(ndim)
+    linear = torch.eye(ndim, dtype=torch.float64) + 0.1 * torch.randn(ndim, ndim, generator=gen, dtype=torch.float64)
+    gradient0 = 0.8 * torch.randn(300, ndim, ndim, generator=gen)  # large enough that some points fold
+    stage = {"smoothness_weight": 0.3, "folding_weight": 10.0, "folding_threshold": 0.1}
+    node, graph = gradient0.clone().requires_grad_(), gradient0.clone().requires_grad_()
+    got = field_regulariser(node, linear, stage)  # a fixed A: the closed-form node
+    expected = field_regulariser(graph, linear.clone().requires_grad_(), stage)  # A with a gradient: the graph
+    assert got.grad_fn is not expected.grad_fn and type(got.grad_fn).__name__ != type(expected.grad_fn).__name__
+    (2.0 * got).backward()
+    (2.0 * expected).backward()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(node.grad, graph.grad, rtol=1e-5, atol=1e-7)
+    folds = (torch.linalg.det(linear.float() + gradient0) < 0.1).sum()
+    assert 0 < folds < 300
+
+
 def test_moved_and_gradient_matches_the_motion_and_its_finite_differences():
     from monai_inr_reg.core.grid import ImageGrid, NormalisedBox
     from monai_inr_reg.motion import HashMotion

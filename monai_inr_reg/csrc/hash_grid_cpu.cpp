@@ -1117,9 +1117,101 @@ double mapped_l2_term(const float* s, const float* t, const uint8_t* inside, int
 // point is inside, as the mean of none).
 constexpr float kUnitNormFloor = 1e-6f;
 
-template <int D>
+constexpr int64_t window_size(int D, int R) { return D == 0 ? 1 : (2 * R + 1) * window_size(D - 1, R); }
+
+// The window's statistics and gradient for kLanes points at once (one vector lane each), when each of
+// them is inside and its window interior (no padding): the scalar code of local_cc_term, the same
+// operations in the same order per lane. R: the window's radius, known when compiling.
+template <int D, int R>
+void local_cc_tile(const float* image, const int64_t* stride, const int64_t* window_offset, const float* X,
+                   const float* fixed, int64_t p0, float* cc, float* grad) {
+  constexpr int64_t K = window_size(D, R);
+  constexpr int C = 1 << D;
+  int64_t base[kLanes];
+  Lanes w0[D], w1[D];
+  for (int l = 0; l < kLanes; ++l) {
+    const float* x = X + (p0 + l) * D;
+    int64_t off = 0;
+    for (int d = 0; d < D; ++d) {
+      const float f = std::floor(x[d]);
+      off += static_cast<int64_t>(f) * stride[d];
+      w1[d][l] = x[d] - f;
+      w0[d][l] = 1.0f - w1[d][l];
+    }
+    base[l] = off;
+  }
+  Lanes weight[C], slope[D][C];
+  int64_t corner[C];
+  for (int c = 0; c < C; ++c) {
+    Lanes w = w0[0] * 0.0f + 1.0f;
+    int64_t off = 0;
+    for (int d = 0; d < D; ++d) {
+      const bool up = (c >> d) & 1;
+      w *= up ? w1[d] : w0[d];
+      off += up * stride[d];
+    }
+    weight[c] = w;
+    corner[c] = off;
+    for (int d = 0; d < D; ++d) {
+      Lanes v = w0[0] * 0.0f + (((c >> d) & 1) ? 1.0f : -1.0f);
+      for (int e = 0; e < D; ++e)
+        if (e != d) v *= ((c >> e) & 1) ? w1[e] : w0[e];
+      slope[d][c] = v;
+    }
+  }
+  Lanes m[K], dm[K][D], mean = {};
+  for (int64_t k = 0; k < K; ++k) {
+    Lanes v[C];
+    for (int c = 0; c < C; ++c)
+      for (int l = 0; l < kLanes; ++l) v[c][l] = image[base[l] + window_offset[k] + corner[c]];
+    Lanes acc = {};
+    for (int c = 0; c < C; ++c) acc += weight[c] * v[c];
+    for (int d = 0; d < D; ++d) {
+      Lanes gd = {};
+      for (int c = 0; c < C; ++c) gd += slope[d][c] * v[c];
+      dm[k][d] = gd;
+    }
+    m[k] = acc;
+    mean += acc;
+  }
+  mean /= static_cast<float>(K);
+  Lanes norm = {};
+  for (int64_t k = 0; k < K; ++k) {
+    m[k] -= mean;
+    norm += m[k] * m[k];
+  }
+  Lanes inverse, value = {}, clamped;
+  for (int l = 0; l < kLanes; ++l) {
+    norm[l] = std::sqrt(norm[l]);
+    clamped[l] = norm[l] < kUnitNormFloor ? 1.0f : 0.0f;
+    inverse[l] = 1.0f / (norm[l] < kUnitNormFloor ? kUnitNormFloor : norm[l]);
+  }
+  Lanes f[K];
+  for (int64_t k = 0; k < K; ++k)
+    for (int l = 0; l < kLanes; ++l) f[k][l] = fixed[(p0 + l) * K + k];
+  for (int64_t k = 0; k < K; ++k) value += m[k] * inverse * f[k];
+  Lanes g[K], g_mean = {};
+  for (int64_t k = 0; k < K; ++k) {
+    g[k] = clamped > 0.5f ? f[k] * inverse : (f[k] - value * m[k] * inverse) * inverse;
+    g_mean += g[k];
+  }
+  g_mean /= static_cast<float>(K);
+  Lanes total[D] = {};
+  for (int64_t k = 0; k < K; ++k)
+    for (int d = 0; d < D; ++d) total[d] += (g[k] - g_mean) * dm[k][d];
+  for (int l = 0; l < kLanes; ++l) {
+    cc[p0 + l] = value[l];
+    for (int d = 0; d < D; ++d) grad[(p0 + l) * D + d] = total[d][l];
+  }
+}
+
+// R > 0: the window's radius known when compiling: runs of kLanes points inside with interior windows go
+// through local_cc_tile (2D radius 1: about Nx faster); R == 0: `radius_in`, every point on its own.
+template <int D, int R>
 double local_cc_term(const float* image, const int64_t* size, const float* X, const uint8_t* inside, int64_t P,
-                     const float* fixed, int64_t K, int64_t radius, float* grad) {
+                     const float* fixed, int64_t K_in, int64_t radius_in, float* grad) {
+  const int64_t K = R > 0 ? window_size(D, R) : K_in;
+  const int64_t radius = R > 0 ? R : radius_in;
   int64_t stride[D];
   stride[D - 1] = 1;
   for (int d = D - 2; d >= 0; --d) stride[d] = stride[d + 1] * size[d + 1];
@@ -1133,11 +1225,35 @@ double local_cc_term(const float* image, const int64_t* size, const float* X, co
   }
   bool single_voxel_axis = false;
   for (int d = 0; d < D; ++d) single_voxel_axis = single_voxel_axis || size[d] == 1;
+  std::vector<int64_t> window_offset(static_cast<size_t>(K), 0);  // each window sample's voxel offset
+  for (int64_t k = 0; k < K; ++k)
+    for (int d = 0; d < D; ++d) window_offset[k] += offsets[k * D + d] * stride[d];
+  // a point whose window is interior: no sample of it needs padding
+  auto interior_point = [&](int64_t p) {
+    if (!inside[p] || single_voxel_axis) return false;
+    for (int d = 0; d < D; ++d) {
+      const int64_t lo = static_cast<int64_t>(std::floor(X[p * D + d]));
+      if (lo - radius < 0 || lo + radius + 1 > size[d] - 1) return false;
+    }
+    return true;
+  };
   std::vector<float> cc(static_cast<size_t>(P), 0.0f);
-  at::parallel_for(0, P, 512, [&](int64_t begin, int64_t end) {
+  // tiles of kLanes points at fixed boundaries (the same bits at any thread count)
+  const int64_t n_tiles = (P + kLanes - 1) / kLanes;
+  at::parallel_for(0, n_tiles, 64, [&](int64_t t0, int64_t t1) {
     LinearCorners<D> cs;
     std::vector<float> m(static_cast<size_t>(K)), dm(static_cast<size_t>(K * D)), g(static_cast<size_t>(K));
-    for (int64_t p = begin; p < end; ++p) {
+    for (int64_t t = t0; t < t1; ++t) {
+    const int64_t tile_begin = t * kLanes, tile_end = std::min(P, tile_begin + kLanes);
+    if constexpr (R > 0) {
+      bool whole = tile_end - tile_begin == kLanes;
+      for (int64_t p = tile_begin; p < tile_end && whole; ++p) whole = interior_point(p);
+      if (whole) {
+        local_cc_tile<D, R>(image, stride, window_offset.data(), X, fixed, tile_begin, cc.data(), grad);
+        continue;
+      }
+    }
+    for (int64_t p = tile_begin; p < tile_end; ++p) {
       float* gp = grad + p * D;
       for (int d = 0; d < D; ++d) gp[d] = 0.0f;
       if (!inside[p]) continue;
@@ -1231,6 +1347,7 @@ double local_cc_term(const float* image, const int64_t* size, const float* X, co
         for (int d = 0; d < D; ++d) total[d] += (g[k] - g_mean) * dm[k * D + d];
       for (int d = 0; d < D; ++d) gp[d] = total[d];
     }
+    }
   });
   auto sums = chunked_sum(P, 2, [&](int64_t p, double* h) {
     if (!inside[p]) return;
@@ -1285,10 +1402,10 @@ std::tuple<at::Tensor, at::Tensor> similarity_fwd(const at::Tensor& image_in, co
     sample_value_and_gradient<3>(image.data_ptr<float>(), size, points.data_ptr<float>(), keep_ptr,
                                  value.data_ptr<float>(), grad.data_ptr<float>(), inside.data(), P);
   if (metric == kMetricLocalCC) {
-    const double loss = D == 2 ? local_cc_term<2>(image.data_ptr<float>(), size, points.data_ptr<float>(), inside.data(),
-                                                  P, fixed.data_ptr<float>(), fixed.size(1), radius, grad.data_ptr<float>())
-                               : local_cc_term<3>(image.data_ptr<float>(), size, points.data_ptr<float>(), inside.data(),
-                                                  P, fixed.data_ptr<float>(), fixed.size(1), radius, grad.data_ptr<float>());
+    auto term = D == 2 ? (radius == 1 ? local_cc_term<2, 1> : local_cc_term<2, 0>)
+                       : (radius == 1 ? local_cc_term<3, 1> : local_cc_term<3, 0>);
+    const double loss = term(image.data_ptr<float>(), size, points.data_ptr<float>(), inside.data(), P,
+                             fixed.data_ptr<float>(), fixed.size(1), radius, grad.data_ptr<float>());
     return {at::scalar_tensor(loss, points.options()), grad};
   }
   std::vector<float> da(static_cast<size_t>(P), 0.0f);
