@@ -1206,7 +1206,7 @@ void local_cc_tile(const float* image, const int64_t* stride, const int64_t* win
 }
 
 // R > 0: the window's radius known when compiling: runs of kLanes points inside with interior windows go
-// through local_cc_tile (2D radius 1: about Nx faster); R == 0: `radius_in`, every point on its own.
+// through local_cc_tile (2D radius 1: about 2x faster); R == 0: `radius_in`, every point on its own.
 template <int D, int R>
 double local_cc_term(const float* image, const int64_t* size, const float* X, const uint8_t* inside, int64_t P,
                      const float* fixed, int64_t K_in, int64_t radius_in, float* grad) {
