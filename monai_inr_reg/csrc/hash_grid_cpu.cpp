@@ -1117,6 +1117,31 @@ double mapped_l2_term(const float* s, const float* t, const uint8_t* inside, int
 // point is inside, as the mean of none).
 constexpr float kUnitNormFloor = 1e-6f;
 
+// The linear interpolation's corner weights, their slopes d weight[c] / d x_d and the corners' voxel
+// offsets from the lower corner, for the in-cell positions w1 = x - floor(x) (w0 = 1 - w1); T: float, or
+// Lanes for kLanes points at once (the same operations in the same order).
+template <int D, typename T>
+inline void corner_weights(const T* w0, const T* w1, const int64_t* stride, T* weight, T (*slope)[1 << D],
+                           int64_t* corner) {
+  for (int c = 0; c < (1 << D); ++c) {
+    T w = w0[0] * 0.0f + 1.0f;
+    int64_t off = 0;
+    for (int d = 0; d < D; ++d) {
+      const bool up = (c >> d) & 1;
+      w *= up ? w1[d] : w0[d];
+      off += up * stride[d];
+    }
+    weight[c] = w;
+    corner[c] = off;
+    for (int d = 0; d < D; ++d) {
+      T v = w0[0] * 0.0f + (((c >> d) & 1) ? 1.0f : -1.0f);
+      for (int e = 0; e < D; ++e)
+        if (e != d) v *= ((c >> e) & 1) ? w1[e] : w0[e];
+      slope[d][c] = v;
+    }
+  }
+}
+
 constexpr int64_t window_size(int D, int R) { return D == 0 ? 1 : (2 * R + 1) * window_size(D - 1, R); }
 
 // The window's statistics and gradient for kLanes points at once (one vector lane each), when each of
@@ -1142,23 +1167,7 @@ void local_cc_tile(const float* image, const int64_t* stride, const int64_t* win
   }
   Lanes weight[C], slope[D][C];
   int64_t corner[C];
-  for (int c = 0; c < C; ++c) {
-    Lanes w = w0[0] * 0.0f + 1.0f;
-    int64_t off = 0;
-    for (int d = 0; d < D; ++d) {
-      const bool up = (c >> d) & 1;
-      w *= up ? w1[d] : w0[d];
-      off += up * stride[d];
-    }
-    weight[c] = w;
-    corner[c] = off;
-    for (int d = 0; d < D; ++d) {
-      Lanes v = w0[0] * 0.0f + (((c >> d) & 1) ? 1.0f : -1.0f);
-      for (int e = 0; e < D; ++e)
-        if (e != d) v *= ((c >> e) & 1) ? w1[e] : w0[e];
-      slope[d][c] = v;
-    }
-  }
+  corner_weights<D>(w0, w1, stride, weight, slope, corner);
   Lanes m[K], dm[K][D], mean = {};
   for (int64_t k = 0; k < K; ++k) {
     Lanes v[C];
@@ -1271,23 +1280,7 @@ double local_cc_term(const float* image, const int64_t* size, const float* X, co
       }
       float weight[1 << D], slope[D][1 << D];  // d weight[c] / d x_d
       int64_t corner[1 << D];
-      for (int c = 0; c < (1 << D); ++c) {
-        float w = 1.0f;
-        int64_t off = 0;
-        for (int d = 0; d < D; ++d) {
-          const bool up = (c >> d) & 1;
-          w *= up ? w1[d] : w0[d];
-          off += up * stride[d];
-        }
-        weight[c] = w;
-        corner[c] = off;
-        for (int d = 0; d < D; ++d) {
-          float v = ((c >> d) & 1) ? 1.0f : -1.0f;
-          for (int e = 0; e < D; ++e)
-            if (e != d) v *= ((c >> e) & 1) ? w1[e] : w0[e];
-          slope[d][c] = v;
-        }
-      }
+      corner_weights<D>(w0, w1, stride, weight, slope, corner);
       float mean = 0.0f;
       for (int64_t k = 0; k < K; ++k) {
         float v[1 << D];

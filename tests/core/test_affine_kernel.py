@@ -9,17 +9,9 @@ import torch
 from monai_inr_reg import _ext
 from monai_inr_reg.core.grid import apply_affine
 from monai_inr_reg.core.linear import centred_map, centred_matrix
+from test_threads import at_threads
 
 pytestmark = pytest.mark.skipif(not _ext.kernel_available(), reason="the compiled kernel is not available here")
-
-
-def at_threads(threads: int, fn):
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return fn()
-    finally:
-        torch.set_num_threads(before)
 
 
 def reference_map(matrix: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
