@@ -359,7 +359,7 @@ def sample_linear_kernel(image: torch.Tensor, points_voxel: torch.Tensor, paddin
     return _SampleLinearFunction.apply(image, points, padding_mode == "border")
 
 
-SIMILARITY_METRICS = {"mutual_information": 0, "mapped_l2": 1, "local_cc": 2}  # the kernel's metric codes
+SIMILARITY_METRICS = {"mutual_information": 0, "mapped_l2": 1, "local_cc": 2, "mean_squares": 3}  # the kernel's metric codes
 
 
 class _SimilarityFunction(torch.autograd.Function):
@@ -378,8 +378,8 @@ class _SimilarityFunction(torch.autograd.Function):
 
 
 def similarity_kernel_supports(image: torch.Tensor, points_voxel: torch.Tensor, metric: str) -> bool:
-    """Whether :func:`similarity_kernel` computes ``metric`` here: mutual information, the mapped L2 or
-    the windowed correlation of a one-channel 2D or 3D CPU float32 image that needs no gradient."""
+    """Whether :func:`similarity_kernel` computes ``metric`` here: mutual information, the mean squares,
+    the mapped L2 or the windowed correlation of a one-channel 2D or 3D CPU float32 image that needs no gradient."""
     return (metric in SIMILARITY_METRICS and image.shape[0] == 1
             and sample_kernel_supports(image, points_voxel, "bilinear", "zeros"))
 
@@ -388,7 +388,8 @@ def similarity_kernel(image: torch.Tensor, points_voxel: torch.Tensor, fixed_val
                       bins: int, *, keep: torch.Tensor | None = None, robust_scale: float = 0.0, symmetric: bool = False,
                       variance_gradient: bool = False) -> torch.Tensor:
     """The data term of :class:`~monai_inr_reg.objectives.Similarity` (``mutual_information``: minus
-    :func:`~monai_inr_reg.core.losses.mutual_information`; ``mapped_l2``:
+    :func:`~monai_inr_reg.core.losses.mutual_information`; ``mean_squares``: the mean squared difference,
+    ``bins`` unused; ``mapped_l2``:
     :func:`~monai_inr_reg.core.losses.mapped_l2`, with ``symmetric`` the mean of both directions, the
     moving values the target of the second, ``variance_gradient`` as there; ``local_cc``: minus the mean
     windowed correlation coefficient, ``fixed_values`` ``(P, K)`` the fixed windows of

@@ -28,7 +28,7 @@ __all__ = ["load_preset", "list_presets", "describe_preset", "merge_overrides", 
 
 PARAMETRIC_MODELS = ("rigid", "affine")
 MOTION_MODELS = PARAMETRIC_MODELS + ("hash", "grid")
-OBJECTIVES = ("image_net", "mapped_l2", "mutual_information", "mind", "local_cc")
+OBJECTIVES = ("image_net", "mean_squares", "mapped_l2", "mutual_information", "mind", "local_cc")
 INITIAL_ALIGNMENTS = ("center_of_mass", "none", "search")
 ON_WEAK_EVIDENCE = ("bounded", "as_placed", "warn")
 SCHEDULES = ("whole", "per_level")
@@ -40,7 +40,7 @@ _APPLIES = {
     "moving_points": ("objective", ("image_net",)),
     "image_coarse_to_fine_share": ("objective", ("image_net",)),
     "bins": ("objective", ("mapped_l2", "mutual_information")),
-    "guard": ("objective", ("mapped_l2", "mutual_information", "mind", "local_cc")),
+    "guard": ("objective", ("mean_squares", "mapped_l2", "mutual_information", "mind", "local_cc")),
     "symmetric": ("objective", ("mapped_l2",)),
     "robust_scale": ("objective", ("mapped_l2",)),
     "window_radius": ("objective", ("local_cc",)),

@@ -8,8 +8,8 @@ better). ``set_level(sigma_voxels)`` chooses the level's Gaussian smoothing;
 ``parameter_groups()`` lists what the objective fits besides the motion (the image net).
 
 - :class:`ImageNetL2` (``image_net``): the paper's loss through the image net.
-- :class:`Similarity` (``mapped_l2``, ``mutual_information``, ``mind``, ``local_cc``): the real moving
-  image at the moved points against the fixed image (a fitted intensity map, mutual information, the
+- :class:`Similarity` (``mean_squares``, ``mapped_l2``, ``mutual_information``, ``mind``, ``local_cc``): the real moving
+  image at the moved points against the fixed image (as they are, under a fitted intensity map, mutual information, the
   L2 of their MIND-SSC features, or their windowed correlation).
 """
 
@@ -99,8 +99,11 @@ class ImageNetL2:
 
 
 class Similarity:
-    """The real images compared through the motion: ``mapped_l2``, ``mutual_information``, ``mind`` or
-    ``local_cc``.
+    """The real images compared through the motion: ``mean_squares``, ``mapped_l2``, ``mutual_information``,
+    ``mind`` or ``local_cc``.
+
+    ``mean_squares``: the mean squared difference of the fixed values and the moving image at the
+    moved points (ANTs' MeanSquares): one contrast, its intensities compared as they are.
 
     ``local_cc``: minus the mean windowed correlation coefficient (ANTs' and FireANTs' CC metric,
     single-modal): the fixed voxel's window (``window_radius``, :meth:`~monai_inr_reg.pair.ImagePair.fixed_windows`)
@@ -121,7 +124,7 @@ class Similarity:
     sampled moving values to cheapen it). Points moved outside the moving grid (or mask) are left
     out (they carry no gradient).
 
-    On the CPU, ``mutual_information``, ``mapped_l2`` and ``local_cc`` are computed with their gradient in one
+    On the CPU, ``mean_squares``, ``mutual_information``, ``mapped_l2`` and ``local_cc`` are computed with their gradient in one
     compiled call (:func:`monai_inr_reg._ext.similarity_kernel`, the same values; ``fused``: whether to
     use it where it builds), the others and every metric on a GPU in PyTorch.
     """
@@ -186,6 +189,8 @@ class Similarity:
         if self.metric == "mind":
             return (moving_values - fixed_values).pow(2).mean()
         moving_values = moving_values[:, 0]
+        if self.metric == "mean_squares":
+            return (moving_values - fixed_values).pow(2).mean()
         if self.metric == "mutual_information":
             return -mutual_information(moving_values, fixed_values, self.bins)
         loss = mapped_l2(moving_values, fixed_values, self.bins, robust_scale=self.robust_scale)

@@ -67,7 +67,9 @@ def test_presets_keep_their_stages():
     assert stages_of("multimodal-deformable") == pose + [field]
     # single-modal 2D fields on the windowed correlation: more accurate than mutual information in every 2D group
     assert stages_of("deformable") == pose + [("deformable", "deformable", {"2d": "local_cc", "3d": "mutual_information"})]
-    assert stages_of("rigid") == stages_of("multimodal-rigid") == [capture, ("refine", "rigid", "mapped_l2")]
+    # single-modal rigid: the real images alone, as they are (the image-net stage bought nothing there, at half the time)
+    assert stages_of("rigid") == [("refine", "rigid", "mean_squares")]
+    assert stages_of("multimodal-rigid") == [capture, ("refine", "rigid", "mapped_l2")]
     assert stages_of("affine") == [capture, affine, ("refine", "affine", "mapped_l2")]
     assert stages_of("paper-rigid") == [("near_rigid", "near_rigid", "image_net")]
     assert stages_of("paper-deformable") == [("deformable", "deformable", "image_net")]
@@ -87,7 +89,7 @@ def test_presets_keep_their_stages():
     assert deformable["motions"]["deformable"]["network"]["n_neurons"] == {"2d": 32, "3d": 64}
     assert deformable["motions"]["deformable"]["network"]["n_hidden_layers"] == {"2d": 1, "3d": 2}
     assert multimodal["motions"]["deformable"]["network"]["n_neurons"] == 32  # measured: as accurate, 0.6x the time
-    assert deformable["stages"][1] == load_preset("rigid")["stages"][1] | {"name": "rigid_refine"}
+    assert deformable["stages"][1] == load_preset("multimodal-rigid")["stages"][1] | {"name": "rigid_refine"}
     assert deformable["stages"][3]["smoothness_weight"] == 0.3 and multimodal["stages"][3]["smoothness_weight"] == 1.0
     # 256 regulariser points gave the suites' 2D pairs the same EPE in less time, but a 64 x 64 pair a worse one
     for field in (deformable["stages"][3], multimodal["stages"][3]):
@@ -95,12 +97,15 @@ def test_presets_keep_their_stages():
     assert deformable["stages"][3]["smoothing_voxels"] == {"2d": [2.0, 1.0, 0.0], "3d": [1.0, 0.0]}
     assert deformable["stages"][3]["window_radius"] == {"2d": 1, "3d": None} and not deformable["multimodal"]
     assert multimodal["multimodal"] and load_preset("multimodal-rigid")["multimodal"]
-    refine = load_preset("rigid")["stages"][1]
+    refine, single = load_preset("multimodal-rigid")["stages"][1], load_preset("rigid")["stages"][0]
     assert refine["smoothing_voxels"] == [4.0, 2.0, 1.0, 0.0] and refine["learning_rate_factor"] == [0.3, 0.3, 0.3, 0.1]
     assert refine["candidates"] == ["previous", "start"] and refine["schedule"] == "per_level"
     assert refine["robust_scale"] == 0.0 and refine["bins"] == 24
-    assert load_preset("rigid")["stages"][0]["fixed_points"] == 512
-    for name in set(list_presets()) - {"bounded"}:
+    assert load_preset("multimodal-rigid")["stages"][0]["fixed_points"] == 512
+    # without an image-net stage before it, the coarsest level captures: 100 steps there (50 left L4 errors 5-10x larger)
+    assert single["iterations"] == [100, 50, 50, 50] and single["candidates"] == ["previous"]
+    assert all(single[k] == refine[k] for k in ("smoothing_voxels", "learning_rate_factor", "schedule", "fixed_points"))
+    for name in set(list_presets()) - {"bounded", "rigid"}:
         assert load_preset(name)["image"]["encoding"]["n_levels"] == (16 if "paper" in name else 8)
 
 
@@ -128,7 +133,7 @@ def test_overrides_by_stage_name_and_a_list_of_your_own():
             load_preset("deformable", stages={"deformable": {"fine_field_penalty_points": bad}})
     with pytest.raises(ValueError, match=r"'fine_field_penalty_points' applies to model hash only"):
         load_preset("rigid", stages={"refine": {"fine_field_penalty_points": 1024}})
-    assert load_preset("rigid")["stages"][1].get("fine_field_penalty_points") is None
+    assert load_preset("rigid")["stages"][0].get("fine_field_penalty_points") is None
     # a motion's encoding / network values by dimension, checked like iterations
     with pytest.raises(ValueError, match=r"'motions.deformable.encoding.finest_resolution' by dimension needs exactly the keys"):
         load_preset("deformable", **{"motions.deformable.encoding.finest_resolution": {"2d": 32}})
@@ -182,7 +187,7 @@ def test_presets_command(capsys):
     assert main(["presets", "show", "rigid", "--set", "stages.refine.iterations=50"]) == 0
     shown = capsys.readouterr().out
     assert "  - name: refine  # [preset] label in results" in shown and "    iterations: 50  # [preset] a total split" in shown
-    assert "    robust_scale: 0.0  # [preset] mapped_l2: Geman-McClure" in shown
-    assert yaml.safe_load(shown)["stages"][1]["iterations"] == 50
+    assert "    objective: mean_squares  # [preset] image_net" in shown
+    assert yaml.safe_load(shown)["stages"][0]["iterations"] == 50
     assert main(["presets", "show", "fancy"]) == 2
     assert "unknown preset 'fancy'" in capsys.readouterr().err

@@ -50,7 +50,7 @@ def test_large_translation_starts_from_the_centres_of_mass(fixed2d):
 
 
 def test_run_away_stage_is_dropped_for_the_start(fixed2d):
-    """A rigid image-net stage driven off by a learning rate 100x too high: with
+    """(``multimodal-rigid`` on one channel: a rigid preset with an image-net stage.) A rigid image-net stage driven off by a learning rate 100x too high: with
     ``candidates: [previous, start]`` the refinement's first level also runs from the initial alignment,
     which ends better and is kept, and the shift is recovered; without it, it is not (the second
     candidate is what rescues the pair). A sound stage is kept."""
@@ -58,14 +58,14 @@ def test_run_away_stage_is_dropped_for_the_start(fixed2d):
     # the refinement's learning rate is a factor of the stage's: keep it at the preset's 3e-3
     wild = {"motions": {"rigid": {"learning_rate": 1.0}}, **FAST}
     stages = {"rigid": {"final_learning_rate_factor": 1.0, "warmup": 0.0}, "refine": {"learning_rate_factor": 3e-3}}
-    rescued = register(fixed2d, moving, "rigid", seed=0, stages=stages, **wild)
+    rescued = register(fixed2d, moving, "multimodal-rigid", multimodal=False, seed=0, stages=stages, **wild)
     assert rescued.refined_from_start
     assert torch.allclose(interior_mean(rescued.ddf), torch.tensor([3.0, -2.0]), atol=0.5), interior_mean(rescued.ddf)
     stages["refine"]["candidates"] = ["previous"]
-    lost = register(fixed2d, moving, "rigid", seed=0, stages=stages, **wild)
+    lost = register(fixed2d, moving, "multimodal-rigid", multimodal=False, seed=0, stages=stages, **wild)
     assert not lost.refined_from_start
     assert (interior_mean(lost.ddf) - torch.tensor([3.0, -2.0])).abs().max() > 2.0, interior_mean(lost.ddf)
-    sound = register(fixed2d, shifted(fixed2d, (9.0, -2.0)), "rigid", seed=0, initial_alignment="none", **FAST)
+    sound = register(fixed2d, shifted(fixed2d, (9.0, -2.0)), "multimodal-rigid", multimodal=False, seed=0, initial_alignment="none", **FAST)
     assert not sound.refined_from_start  # 9 px from the identity start: the stage's result is the better one
 
 
@@ -160,11 +160,11 @@ def test_singular_affine_and_missing_file_are_named(tmp_path):
                                            ({"preset": "rigid", "iterashuns": 3}, "unknown option 'iterashuns'"),
                                            ({"preset": "rigid", "motions": {"rigid": {"lr": 1}}},
                                             "unknown option 'motions.rigid.lr'"),
-                                           ({"preset": "rigid", "stages": {"rigid": {"lr": 1}}},
+                                           ({"preset": "multimodal-rigid", "stages": {"rigid": {"lr": 1}}},
                                             r"stage 0 \('rigid'\): unknown option 'lr'; valid stage options: bins, candidates"),
-                                           ({"preset": "rigid", "stages": {"rigid": {"motion": "elastic"}}},
+                                           ({"preset": "multimodal-rigid", "stages": {"rigid": {"motion": "elastic"}}},
                                             "'motion' must be one of"),
-                                           ({"preset": "rigid", "stages": {"rigd": {"iterations": 1}}},
+                                           ({"preset": "multimodal-rigid", "stages": {"rigd": {"iterations": 1}}},
                                             r"no stage named 'rigd' to change; the stages are \['rigid', 'refine'\]"),
                                            ({"preset": "rigid", "initial_alignment": "moments"},
                                             "'initial_alignment' must be one of"),

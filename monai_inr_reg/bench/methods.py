@@ -127,17 +127,18 @@ def _ours(fixed, fixed_grid, moving, moving_grid, *, preset: str, seed: int, ite
     return out
 
 
-def near_rigid_stages(preset: str) -> list[dict]:
-    """The stages of ``preset`` (a rigid preset) with the paper's near-rigid hash motion in place of
-    the exact rigid one: its image-net stage at the paper's 1000 iterations with the motion's levels
-    fading in over 0.9 of it, then the same classical stage on the hash motion (every table entry sampled)."""
-    stages = load_preset(preset)["stages"]
-    capture, refine = stages[0], stages[1]
+def near_rigid_overrides(preset: str) -> dict:
+    """Overrides of ``preset`` (a rigid preset) that put the paper's near-rigid hash motion in place of
+    the exact rigid one: the image-net stage of ``multimodal-rigid`` (the single-modal ``rigid`` has
+    none) at the paper's 1000 iterations with the motion's levels fading in over 0.9 of it, on that
+    preset's coarse image net, then ``preset``'s classical stage on the hash motion (every table entry sampled)."""
+    capture_preset = load_preset("multimodal-rigid")
+    capture, refine = capture_preset["stages"][0], load_preset(preset)["stages"][-1]
     capture = {**capture, "name": "near_rigid", "motion": "near_rigid", "iterations": 1000, "final_learning_rate_factor": 0.1,
                "coarse_to_fine_share": 0.9}
     refine = {**refine, "motion": "near_rigid", "candidates": ["previous"], "schedule": "whole",
               "fixed_points_cover_table": True}
-    return [capture, refine]
+    return {"stages": [capture, refine], "image": capture_preset["image"]}
 
 
 def run_method(name: str, fixed: np.ndarray, fixed_grid: ImageGrid, moving: np.ndarray, moving_grid: ImageGrid, *,
@@ -165,7 +166,7 @@ def run_method(name: str, fixed: np.ndarray, fixed_grid: ImageGrid, moving: np.n
             out = MethodOutput(matrix_mm=torch.eye(fixed_grid.ndim + 1, dtype=torch.float64))
         elif name in ("ours-rigid", "ours-near-rigid"):
             preset = "multimodal-rigid" if multimodal else "rigid"
-            overrides = {"stages": near_rigid_stages(preset)} if name == "ours-near-rigid" else {}
+            overrides = near_rigid_overrides(preset) if name == "ours-near-rigid" else {}
             out = _ours(fixed, fixed_grid, moving, moving_grid, preset=preset, seed=seed,
                         iterations_scale=iterations_scale, overrides=overrides)
         elif name in ("paper-rigid", "paper-deformable"):

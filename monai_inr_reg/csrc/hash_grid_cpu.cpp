@@ -921,6 +921,7 @@ at::Tensor sample_linear_bwd(const at::Tensor& grad_out, const at::Tensor& image
 constexpr int64_t kMetricMutualInformation = 0;
 constexpr int64_t kMetricMappedL2 = 1;
 constexpr int64_t kMetricLocalCC = 2;
+constexpr int64_t kMetricMeanSquares = 3;
 constexpr int64_t kChunk = 4096;
 
 struct HatCell {
@@ -1021,6 +1022,23 @@ double mutual_information_term(const float* a, const float* b, const uint8_t* in
     }
   });
   return -mi;
+}
+
+// mean((s - t)^2) over the points inside (ANTs' MeanSquares); d term / d s_p into ds[p].
+double mean_squares_term(const float* s, const float* t, const uint8_t* inside, int64_t P, float* ds) {
+  auto sums = chunked_sum(P, 2, [&](int64_t p, double* h) {
+    if (!inside[p]) return;
+    const double r = static_cast<double>(s[p]) - t[p];
+    h[0] += r * r;
+    h[1] += 1.0;
+  });
+  if (sums[1] == 0.0) return std::numeric_limits<double>::quiet_NaN();
+  const double scale = 2.0 / sums[1];
+  at::parallel_for(0, P, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p)
+      if (inside[p]) ds[p] = static_cast<float>(scale * (static_cast<double>(s[p]) - t[p]));
+  });
+  return sums[0] / sums[1];
 }
 
 // mean(rho((g(s) - t)^2 / var(t))) with g the ridge least-squares piecewise-linear map from the source
@@ -1361,9 +1379,11 @@ std::tuple<at::Tensor, at::Tensor> similarity_fwd(const at::Tensor& image_in, co
                                                   bool variance_gradient) {
   check_sample_inputs(image_in, points_in);
   TORCH_CHECK(image_in.size(0) == 1, "similarity: 'image' must have one channel");
-  TORCH_CHECK(metric == kMetricMutualInformation || metric == kMetricMappedL2 || metric == kMetricLocalCC,
+  TORCH_CHECK(metric == kMetricMutualInformation || metric == kMetricMappedL2 || metric == kMetricLocalCC ||
+                  metric == kMetricMeanSquares,
               "similarity: unknown metric ", metric);
-  TORCH_CHECK(metric == kMetricLocalCC || bins >= 2, "similarity: 'bins' must be at least 2");
+  TORCH_CHECK(metric == kMetricLocalCC || metric == kMetricMeanSquares || bins >= 2,
+              "similarity: 'bins' must be at least 2");
   auto image = image_in.contiguous();
   auto points = points_in.contiguous();
   const int64_t D = points.size(1), P = points.size(0);
@@ -1407,6 +1427,8 @@ std::tuple<at::Tensor, at::Tensor> similarity_fwd(const at::Tensor& image_in, co
   double loss;
   if (metric == kMetricMutualInformation) {
     loss = mutual_information_term(a, b, inside.data(), P, bins, da.data());
+  } else if (metric == kMetricMeanSquares) {
+    loss = mean_squares_term(a, b, inside.data(), P, da.data());
   } else if (!symmetric) {
     loss = mapped_l2_term(a, b, inside.data(), P, bins, robust_scale, false, 1.0, da.data(), nullptr);
   } else {  // the map both ways: moving -> fixed, and fixed -> moving (the moving values the target)

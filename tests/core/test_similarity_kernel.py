@@ -1,5 +1,5 @@
 """The compiled data term (``similarity_fwd``) against the PyTorch code it replaces on the CPU: the value and
-the gradient to the moved points of mutual information, of the mapped L2 (one-sided, symmetric, robust) and
+the gradient to the moved points of the mean squares, of mutual information, of the mapped L2 (one-sided, symmetric, robust) and
 of the windowed correlation (``local_cc``), the same bits at any thread count, and :class:`~monai_inr_reg.objectives.Similarity` (with a moving mask)
 giving the same data term either way."""
 
@@ -42,6 +42,8 @@ def _torch_term(image, points, fixed, keep, metric, bins, robust_scale, symmetri
     index = inside.nonzero()[:, 0]
     moving = sample_image(image, points.index_select(0, index))[:, 0]
     target = fixed.index_select(0, index)
+    if metric == "mean_squares":
+        return (moving - target).pow(2).mean()
     if metric == "mutual_information":
         return -mutual_information(moving, target, bins)
     loss = mapped_l2(moving, target, bins, robust_scale=robust_scale)
@@ -79,7 +81,7 @@ def _torch_local_cc(image, points, fixed_windows, keep, radius):
     return -(normalise_rows(samples[:, 0].reshape(centres.shape[0], fixed_windows.shape[1])) * fixed_windows.index_select(0, index)).sum(1).mean()
 
 
-SETTINGS = [("mutual_information", 24, 0.0, False, False), ("mutual_information", 8, 0.0, False, False),
+SETTINGS = [("mean_squares", 0, 0.0, False, False), ("mutual_information", 24, 0.0, False, False), ("mutual_information", 8, 0.0, False, False),
             ("mapped_l2", 24, 0.0, False, False), ("mapped_l2", 16, 1.5, False, False),
             ("mapped_l2", 24, 0.0, True, False), ("mapped_l2", 24, 0.0, True, True), ("mapped_l2", 16, 1.5, True, True)]
 
@@ -110,14 +112,15 @@ def test_similarity_kernel_with_no_point_inside():
     reads it as infinitely bad), and no gradient."""
     image, points, fixed, _ = _case(2, 100)
     far = points + 1000.0
-    for metric, expected in (("mutual_information", 0.0), ("mapped_l2", math.nan)):
+    for metric, expected in (("mutual_information", 0.0), ("mapped_l2", math.nan), ("mean_squares", math.nan)):
         out, grad = _value_and_gradient(lambda p: _ext.similarity_kernel(image, p, fixed, metric, 16), far)
         ref = _torch_term(image, far, fixed, None, metric, 16, 0.0, False, False)
         assert (math.isnan(float(out)) and math.isnan(float(ref))) if math.isnan(expected) else float(out) == float(ref) == 0.0
         assert bool((grad == 0).all())
 
 
-@pytest.mark.parametrize("metric, symmetric", [("mutual_information", False), ("mapped_l2", True), ("local_cc", False)])
+@pytest.mark.parametrize("metric, symmetric", [("mutual_information", False), ("mapped_l2", True), ("local_cc", False),
+                                               ("mean_squares", False)])
 def test_similarity_kernel_is_the_same_at_1_and_2_threads(metric, symmetric):
     """Sums over points run in chunks of a fixed size, added in order: the same bits at any thread count
     (50,000 points: 13 chunks)."""
@@ -172,7 +175,7 @@ def test_local_cc_kernel_edge_cases():
         _ext.similarity_kernel(image, points, windows[:, :8], "local_cc", 0)
 
 
-@pytest.mark.parametrize("objective", ["mutual_information", "mapped_l2", "local_cc"])
+@pytest.mark.parametrize("objective", ["mutual_information", "mapped_l2", "local_cc", "mean_squares"])
 def test_similarity_uses_the_kernel_with_the_same_result(objective, monkeypatch):
     """``Similarity`` on a prepared pair with a moving mask and a rotated motion: the compiled term and
     the PyTorch one agree (value and gradient to the motion's matrix), and the compiled one is used."""
