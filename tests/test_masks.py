@@ -15,6 +15,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImage, LoadImaged
 
 from monai_inr_reg import register
 from monai_inr_reg.cli import main
+from monai_inr_reg.config import load_preset
 from monai_inr_reg.transforms import InrRegistrationd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +74,8 @@ def test_masks_register_by_what_is_inside():
 def test_masks_in_the_image_net_stage_and_deformable_presets():
     fixed, moving, mask = make_pair()
     f, m = torch.from_numpy(fixed)[None], torch.from_numpy(moving)[None]
-    result = register(f, m, "multimodal-rigid", fixed_mask=mask, moving_mask=mask, **OPTIONS)
+    pose = load_preset("multimodal-deformable")["stages"][:2]  # the image-net stage, then the rigid pyramid
+    result = register(f, m, "multimodal-deformable", stages=pose, fixed_mask=mask, moving_mask=mask, **OPTIONS)
     assert abs(shift_of(result.ddf) - INSIDE_SHIFT) < 0.5
     deformable = register(f, m, "deformable", fixed_mask=mask, moving_mask=mask, iterations_scale=0.3)
     inside = torch.from_numpy(mask).bool()

@@ -10,6 +10,7 @@ import torch
 
 from synthetic_images import phantom, shifted
 from monai_inr_reg import register
+from monai_inr_reg.config import load_preset
 from monai_inr_reg.core.grid import ImageGrid, apply_affine
 from monai_inr_reg.core.sample import warp_image_mm
 
@@ -49,23 +50,31 @@ def test_large_translation_starts_from_the_centres_of_mass(fixed2d):
     assert torch.allclose(interior_mean(result.ddf), torch.tensor([12.0, -11.0]), atol=0.5), interior_mean(result.ddf)
 
 
+def pose_stages(rigid: dict | None = None, refine: dict | None = None) -> list[dict]:
+    """The deformable presets' pose without its affine stage: a rigid image-net stage, then the rigid
+    pyramid from its result or from the start (``candidates: [previous, start]``), each with changes."""
+    capture, pyramid = load_preset("deformable")["stages"][:2]
+    return [capture | (rigid or {}), pyramid | (refine or {})]
+
+
 def test_run_away_stage_is_dropped_for_the_start(fixed2d):
-    """(``multimodal-rigid`` on one channel: a rigid preset with an image-net stage.) A rigid image-net stage driven off by a learning rate 100x too high: with
+    """A rigid image-net stage driven off by a learning rate 100x too high: with
     ``candidates: [previous, start]`` the refinement's first level also runs from the initial alignment,
     which ends better and is kept, and the shift is recovered; without it, it is not (the second
     candidate is what rescues the pair). A sound stage is kept."""
     moving = shifted(fixed2d, (3.0, -2.0))
     # the refinement's learning rate is a factor of the stage's: keep it at the preset's 3e-3
     wild = {"motions": {"rigid": {"learning_rate": 1.0}}, **FAST}
-    stages = {"rigid": {"final_learning_rate_factor": 1.0, "warmup": 0.0}, "refine": {"learning_rate_factor": 3e-3}}
-    rescued = register(fixed2d, moving, "multimodal-rigid", multimodal=False, seed=0, stages=stages, **wild)
+    rigid, refine = {"final_learning_rate_factor": 1.0, "warmup": 0.0}, {"learning_rate_factor": 3e-3}
+    rescued = register(fixed2d, moving, "deformable", seed=0, stages=pose_stages(rigid, refine), **wild)
     assert rescued.refined_from_start
     assert torch.allclose(interior_mean(rescued.ddf), torch.tensor([3.0, -2.0]), atol=0.5), interior_mean(rescued.ddf)
-    stages["refine"]["candidates"] = ["previous"]
-    lost = register(fixed2d, moving, "multimodal-rigid", multimodal=False, seed=0, stages=stages, **wild)
+    lost = register(fixed2d, moving, "deformable", seed=0, stages=pose_stages(rigid, refine | {"candidates": ["previous"]}),
+                    **wild)
     assert not lost.refined_from_start
     assert (interior_mean(lost.ddf) - torch.tensor([3.0, -2.0])).abs().max() > 2.0, interior_mean(lost.ddf)
-    sound = register(fixed2d, shifted(fixed2d, (9.0, -2.0)), "multimodal-rigid", multimodal=False, seed=0, initial_alignment="none", **FAST)
+    sound = register(fixed2d, shifted(fixed2d, (9.0, -2.0)), "deformable", seed=0, stages=pose_stages(),
+                     initial_alignment="none", **FAST)
     assert not sound.refined_from_start  # 9 px from the identity start: the stage's result is the better one
 
 
@@ -160,12 +169,12 @@ def test_singular_affine_and_missing_file_are_named(tmp_path):
                                            ({"preset": "rigid", "iterashuns": 3}, "unknown option 'iterashuns'"),
                                            ({"preset": "rigid", "motions": {"rigid": {"lr": 1}}},
                                             "unknown option 'motions.rigid.lr'"),
-                                           ({"preset": "multimodal-rigid", "stages": {"rigid": {"lr": 1}}},
+                                           ({"preset": "deformable", "stages": {"rigid": {"lr": 1}}},
                                             r"stage 0 \('rigid'\): unknown option 'lr'; valid stage options: bins, candidates"),
-                                           ({"preset": "multimodal-rigid", "stages": {"rigid": {"motion": "elastic"}}},
+                                           ({"preset": "deformable", "stages": {"rigid": {"motion": "elastic"}}},
                                             "'motion' must be one of"),
-                                           ({"preset": "multimodal-rigid", "stages": {"rigd": {"iterations": 1}}},
-                                            r"no stage named 'rigd' to change; the stages are \['rigid', 'refine'\]"),
+                                           ({"preset": "rigid", "stages": {"rigd": {"iterations": 1}}},
+                                            r"no stage named 'rigd' to change; the stages are \['refine'\]"),
                                            ({"preset": "rigid", "initial_alignment": "moments"},
                                             "'initial_alignment' must be one of"),
                                            ({"preset": "multimodal-deformable", "on_weak_evidence": "ignore"},

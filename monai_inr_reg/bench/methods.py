@@ -129,16 +129,16 @@ def _ours(fixed, fixed_grid, moving, moving_grid, *, preset: str, seed: int, ite
 
 def near_rigid_overrides(preset: str) -> dict:
     """Overrides of ``preset`` (a rigid preset) that put the paper's near-rigid hash motion in place of
-    the exact rigid one: the image-net stage of ``multimodal-rigid`` (the single-modal ``rigid`` has
-    none) at the paper's 1000 iterations with the motion's levels fading in over 0.9 of it, on that
-    preset's coarse image net, then ``preset``'s classical stage on the hash motion (every table entry sampled)."""
-    capture_preset = load_preset("multimodal-rigid")
-    capture, refine = capture_preset["stages"][0], load_preset(preset)["stages"][-1]
+    the exact rigid one: the image-net capture stage of the deformable presets' pose (the rigid presets
+    have none) at the paper's 1000 iterations with the motion's levels fading in over 0.9 of it, on
+    their coarse image net, then ``preset``'s classical stage on the hash motion (every table entry sampled)."""
+    pose = load_preset("multimodal-deformable")
+    capture, refine = pose["stages"][0], load_preset(preset)["stages"][-1]
     capture = {**capture, "name": "near_rigid", "motion": "near_rigid", "iterations": 1000, "final_learning_rate_factor": 0.1,
                "coarse_to_fine_share": 0.9}
     refine = {**refine, "motion": "near_rigid", "candidates": ["previous"], "schedule": "whole",
               "fixed_points_cover_table": True}
-    return {"stages": [capture, refine], "image": capture_preset["image"]}
+    return {"stages": [capture, refine], "image": pose["image"]}
 
 
 def run_method(name: str, fixed: np.ndarray, fixed_grid: ImageGrid, moving: np.ndarray, moving_grid: ImageGrid, *,
