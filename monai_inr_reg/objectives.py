@@ -186,11 +186,9 @@ class Similarity:
             windows = sample_image(self.moving, (centres[:, None, :] + self.offsets[None]).reshape(-1, pair.ndim))
             return -(normalise_rows(windows[:, 0].reshape(centres.shape[0], self.offsets.shape[0])) * fixed_values).sum(1).mean()
         moving_values = sample_image(self.moving, moved_voxel.index_select(0, inside))
-        if self.metric == "mind":
-            return (moving_values - fixed_values).pow(2).mean()
+        if self.metric in ("mind", "mean_squares"):  # the L2 of the features, or of the intensities
+            return (moving_values.reshape(fixed_values.shape) - fixed_values).pow(2).mean()
         moving_values = moving_values[:, 0]
-        if self.metric == "mean_squares":
-            return (moving_values - fixed_values).pow(2).mean()
         if self.metric == "mutual_information":
             return -mutual_information(moving_values, fixed_values, self.bins)
         loss = mapped_l2(moving_values, fixed_values, self.bins, robust_scale=self.robust_scale)
