@@ -96,6 +96,16 @@ class ImagePair:
         inside = torch.zeros(self.fixed.numel(), device=self.fixed.device).index_fill_(0, self.fixed_index, 1.0)
         return inside.reshape(self.fixed.shape)
 
+    def moment_images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(fixed (1, *S_fixed), moving (1, *S_moving))``: the intensities that weigh in the images'
+        moments (centres of mass, principal axes). With a mask on both images, each image times its
+        mask; with one mask or none, the whole images: the moments of a masked region against those
+        of a whole image compare two different things (a fixed mask on one of two blobs put the
+        centre-of-mass start 30 voxels off, where no stage recovers)."""
+        if self.fixed_index is not None and self.moving_mask is not None:
+            return self.fixed * self.fixed_mask_image(), self.moving * self.moving_mask
+        return self.fixed, self.moving
+
     def in_moving_mask(self, points_voxel: torch.Tensor) -> torch.Tensor:
         """``(P,)`` bool: moving voxel points ``(P, D)`` that fall inside the moving mask (outside the grid: no)."""
         return sample_image(self.moving_mask, points_voxel, mode="nearest")[:, 0] > 0.5
@@ -141,14 +151,10 @@ def initial_matrix(pair: ImagePair, fixed_grid: ImageGrid, moving_grid: ImageGri
     intensity-weighted centre (normalised intensities) on the moving image's, as ANTs' and ITK's
     moments initialisers do. Large translations are where the image-net stage can lose the pair
     (BrainWeb, 8 deg and 13 px: the motion ran 45 px the wrong way while only the coarsest hash
-    levels were on). With a mask on both images, only the voxels inside them weigh; with one mask, none
-    does: the centre of a masked region against that of a whole image would compare two different
-    things (a fixed mask on one of two blobs put the start 30 voxels off, where no stage recovers)."""
+    levels were on). Masks weigh as :meth:`ImagePair.moment_images` says (both or none)."""
     if how == "none":
         return None
-    fixed, moving = pair.fixed, pair.moving
-    if pair.fixed_index is not None and pair.moving_mask is not None:
-        fixed, moving = fixed * pair.fixed_mask_image(), moving * pair.moving_mask
+    fixed, moving = pair.moment_images()
     matrix = torch.eye(fixed_grid.ndim + 1, dtype=torch.float64)
     matrix[:-1, -1] = moving_grid.center_of_mass_mm(moving) - fixed_grid.center_of_mass_mm(fixed)
     return matrix

@@ -77,8 +77,8 @@ def _quarter_turns(ndim: int) -> list[tuple[str, torch.Tensor]]:
 def candidate_starts(pair: ImagePair, fixed_grid: ImageGrid, moving_grid: ImageGrid) -> list[tuple[str, torch.Tensor]]:
     """``[(name, matrix)]``: identity, centre of mass, principal axes and quarter turns (see the module)."""
     ndim = pair.ndim
-    fixed_center, fixed_cov = _moments(pair.fixed_values.cpu(), pair.fixed_points_mm.cpu())
-    moving = pair.moving if pair.moving_mask is None else pair.moving * pair.moving_mask
+    fixed, moving = pair.moment_images()  # the masks weigh as in the centre-of-mass start
+    fixed_center, fixed_cov = _moments(*_grid_samples(fixed, fixed_grid))
     moving_center, moving_cov = _moments(*_grid_samples(moving, moving_grid))
     shift = moving_center - fixed_center
     starts = [("identity", torch.eye(ndim + 1, dtype=torch.float64)),

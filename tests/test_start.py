@@ -105,3 +105,33 @@ def test_an_inverted_contrast_3d_pair_registers_as_the_upright_one():
     upright, inverted = (mean_epe(register(fixed, m, "multimodal-deformable", iterations_scale=0.5).ddf, truth, body)
                          for m in (moving, 1.0 - moving))
     assert inverted < upright + 1.0 and inverted < 0.5, (upright, inverted)
+
+
+def test_the_candidates_take_their_moments_as_the_centre_of_mass_start_does():
+    """One rule for which voxels weigh in the moments (``ImagePair.moment_images``): every principal-axes
+    candidate turns about the fixed centre of mass and puts it on the moving one, the centre-of-mass
+    start's shift, with no mask, one mask (neither image masked) and two (both masked)."""
+    from monai_inr_reg.config import load_preset
+    from monai_inr_reg.pair import initial_matrix, prepare_pair
+    from monai_inr_reg.start import candidate_starts
+
+    shape = (64, 48)
+    fixed = torch.from_numpy(gaussian_blobs(shape))
+    moving = torch.from_numpy(gaussian_blobs(shape, (3.0, -2.0)))
+    mask = torch.zeros(shape)
+    mask[:30] = 1  # half of the blobs: its centre is far from the whole image's
+    grid = ImageGrid.from_ras_affine(shape, None)
+    config = load_preset("rigid")
+    centres = {}
+    for masks in ((None, None), (mask, None), (None, mask), (mask, mask)):
+        pair = prepare_pair(fixed[None], grid, moving[None], grid, config, "cpu", *masks)
+        weighted_fixed, _ = pair.moment_images()
+        fixed_centre = grid.center_of_mass_mm(weighted_fixed)
+        shift = initial_matrix(pair, grid, grid, "center_of_mass")[:-1, -1]
+        axes = [matrix for name, matrix in candidate_starts(pair, grid, grid) if name.startswith("principal axes")]
+        assert axes
+        for matrix in axes:
+            moved = matrix[:-1, :-1] @ fixed_centre + matrix[:-1, -1]
+            assert (moved - (fixed_centre + shift)).norm() < 1e-6, ([m is not None for m in masks], moved, fixed_centre + shift)
+        centres[sum(m is not None for m in masks)] = fixed_centre
+    assert (centres[2] - centres[0]).norm() > 5.0  # both masked: the masked centre, not the whole image's
