@@ -2,6 +2,9 @@
 (issue 15): for each pair, the identity and random affine maps about it, each scored by the gland
 Dice and by several similarities of the warped MR with the TRUS over their overlap.
 
+LC2 (the ultrasound as a local linear combination of the MR and its gradient magnitude) is the
+metric built for ultrasound to MR.
+
 Prints per pair and per similarity the Spearman correlation with the gland Dice and the Dice of the
 map the similarity ranks best, minus the identity's; run by hand and record it in docs/benchmarks.md.
 
@@ -46,7 +49,36 @@ def similarities(fixed: torch.Tensor, warped: torch.Tensor, inside: torch.Tensor
         return gradient / (gradient.norm(dim=0, keepdim=True) + 0.05 * gradient.norm(dim=0).mean())
 
     out["normalised gradient fields"] = float((unit_gradient(fixed) * unit_gradient(warped)).sum(0).pow(2)[inside].mean())
+    out["LC2, 5-voxel windows"] = linear_combination_of_linear_correlations(fixed, warped, inside, 2)
     return out
+
+
+def linear_combination_of_linear_correlations(ultrasound: torch.Tensor, other: torch.Tensor, inside: torch.Tensor,
+                                              radius: int) -> float:
+    """LC2 (Wein et al., "Global registration of ultrasound to MRI using the LC2 metric", 2013): in each
+    window of ``2 radius + 1`` voxels, the share of the ultrasound's variance explained by a linear
+    combination of the other image and its gradient magnitude (least squares), weighted by the
+    ultrasound's variance there: ``sum explained / sum variance`` over the windows centred ``inside``.
+    ``ultrasound``, ``other`` ``(1, *S)`` on one grid (3D), ``inside`` ``(*S)`` bool; in [0, 1]."""
+    import torch.nn.functional as F
+
+    def window_mean(image):  # (C, *S) -> (C, *S), the window's mean, edges repeated
+        padded = F.pad(image[None].double(), [radius] * 6, mode="replicate")
+        return F.avg_pool3d(padded, 2 * radius + 1, stride=1)[0]
+
+    u, m = ultrasound.double(), other.double()
+    g = torch.stack(torch.gradient(m[0])).norm(dim=0, keepdim=True)
+    mean_u, mean_m, mean_g = window_mean(u)[0], window_mean(m)[0], window_mean(g)[0]
+    var_u = (window_mean(u * u)[0] - mean_u ** 2).clamp_min(0)
+    mm = window_mean(m * m)[0] - mean_m ** 2 + 1e-6
+    gg = window_mean(g * g)[0] - mean_g ** 2 + 1e-6
+    mg = window_mean(m * g)[0] - mean_m * mean_g
+    mu = window_mean(m * u)[0] - mean_m * mean_u
+    gu = window_mean(g * u)[0] - mean_g * mean_u
+    # the 2 x 2 normal equations solved in closed form: explained = c^T C^-1 c
+    explained = (gg * mu * mu - 2 * mg * mu * gu + mm * gu * gu) / (mm * gg - mg * mg).clamp_min(1e-12)
+    explained = torch.minimum(explained.clamp_min(0), var_u)
+    return float(explained[inside].sum() / var_u[inside].sum().clamp_min(1e-12))
 
 
 def main(argv=None) -> int:
