@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, help="output folder (default: bench-results/SUITE)")
     parser.add_argument("--cases", type=int, default=None,
                         help="cases per level (rigid-levels) or per group; defaults: "
-                             + ", ".join(f"{k} {v}" for k, v in DEFAULT_CASES.items()))
+                             + ", ".join(f"{k} {v}" for k, v in DEFAULT_CASES.items())
+                             + " (brain3d: the aseg directions, at most 2; its DLMUSE pairs 5, at most 9)")
     parser.add_argument("--methods", default=None,
                         help="comma-separated subset; defaults: "
                              + "; ".join(f"{k}: {','.join(v)}" for k, v in DEFAULT_METHODS.items()))
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="passed to our register() as the override iterations_scale")
     parser.add_argument("--seed", type=int, default=0, help="seed of the protocols and of every method")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch, ANTs and elastix (default 1)")
-    parser.add_argument("--datasets", default=None, help="comma-separated subset of brainweb, stroke, ixi002, prostate")
+    parser.add_argument("--datasets", default=None, help="comma-separated subset of brainweb, stroke, ixi002, prostate, aseg, dlmuse")
     parser.add_argument("--downsample", type=int, default=1, help="3D suites: integer grid downsampling (quick runs)")
     parser.add_argument("--warp-rms", type=float, default=None, help="known warps: RMS length in mm (default 3)")
     parser.add_argument("--warp-corr", type=float, default=None,

@@ -37,6 +37,7 @@ __all__ = [
     "ixi_volume_pair",
     "aseg_pairs",
     "prostate_pairs",
+    "dlmuse_pairs",
 ]
 
 _BRAINWEB = "2d-brainweb-t1-pd"
@@ -44,6 +45,7 @@ _STROKE = "3d-isles-stroke-p1"
 _IXI = "3d-ixi002-t1-t2"
 _ASEG = "3d-brain-aseg"
 _PROSTATE = "3d-prostate-mr-trus"
+_DLMUSE = "3d-ixi-t1-dlmuse"
 
 
 @dataclass
@@ -286,6 +288,31 @@ def aseg_pairs(data_dir, *, downsample: int = 1) -> list[LabelledPair]:
     b = ("subject_1", vol_b, keep(seg_b))
     return [LabelledPair(f"{m[0]}->{f[0]}", f[1], m[1], grid, grid, f[2], m[2], False, labels)
             for f, m in ((a, b), (b, a))]
+
+
+def dlmuse_pairs(data_dir, *, cases: int | None = None) -> list[LabelledPair]:
+    """IXI T1 heads of different subjects (with skull, 2 mm, 120 x 120 x 90, each on its native grid)
+    with their DLMUSE parcellations: subject ``k + 1`` (moving) -> subject ``k`` (fixed) in name order,
+    ``k = 0 .. 8`` (the first ``cases``), scored over every parcellation label (about 148)."""
+    folder = resolve_data_dir(data_dir) / _DLMUSE
+    names = sorted(p.name[: -len("_T1.nii.gz")] for p in (folder / "T1").glob("*_T1.nii.gz"))
+    if len(names) < 2:
+        raise FileNotFoundError(f"{folder / 'T1'} holds {len(names)} T1 volume(s); the pairs need at least 2")
+
+    def subject(name):
+        image, grid = load_volume(folder / "T1" / f"{name}_T1.nii.gz")
+        labels, label_grid = load_volume(folder / "DLMUSE" / f"{name}_T1_DLMUSE.nii.gz")
+        if labels.shape != image.shape or not torch.allclose(label_grid.mm_from_voxel, grid.mm_from_voxel):
+            raise ValueError(f"{name}: its DLMUSE parcellation is not on its T1's grid")
+        return name, image, grid, np.rint(labels)[None].astype(np.float32)
+
+    pairs = []
+    for k in range(len(names) - 1)[:cases]:
+        (fixed_name, fixed, fixed_grid, fixed_labels), (moving_name, moving, moving_grid, moving_labels) = \
+            subject(names[k]), subject(names[k + 1])
+        pairs.append(LabelledPair(f"{moving_name.split('-')[0]}->{fixed_name.split('-')[0]}", fixed, moving, fixed_grid,
+                                  moving_grid, fixed_labels, moving_labels, False))
+    return pairs
 
 
 def _prostate_grid(shape, extent_mm) -> ImageGrid:
