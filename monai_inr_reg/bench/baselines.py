@@ -17,6 +17,7 @@ Settings (quoted in the benchmark output):
   AdaptiveStochasticGradientDescent), 4 resolutions, 1024 iterations, started from rotations
   -0.4, 0, 0.4 rad about the image centre; the start with the lowest final metric wins
   (MultiRegEval's ``mi_ms.py`` on the Zurich set).
+- ANTs affine: ``type_of_transform="Affine"`` (Mattes MI, antspyx defaults).
 - ANTs SyN (MI): ``type_of_transform="SyN"`` (affine + SyN, Mattes MI, antspyx defaults).
 - ANTs SyN (CC): ``type_of_transform="SyN", syn_metric="CC", syn_sampling=2`` (radius 2; the
   ``SyNCC`` preset takes over 25 min per 3D brain here).
@@ -36,12 +37,13 @@ import torch
 
 from ..core.grid import ImageGrid, apply_affine
 
-__all__ = ["ants_available", "elastix_available", "ants_rigid", "ants_syn", "elastix_rigid", "ANTS_SETTINGS",
+__all__ = ["ants_available", "elastix_available", "ants_rigid", "ants_affine", "ants_syn", "elastix_rigid", "ANTS_SETTINGS",
            "ELASTIX_SETTINGS", "matrix_to_ddf_mm"]
 
 ANTS_SETTINGS = {
     "ants-rigid-ms": 'ants.registration(type_of_transform="Rigid", aff_metric="meansquares")',
     "ants-rigid-mi": 'ants.registration(type_of_transform="Rigid", aff_metric="mattes")',
+    "ants-affine": 'ants.registration(type_of_transform="Affine")  # Mattes MI',
     "ants-syn": 'ants.registration(type_of_transform="SyN")  # affine + SyN, Mattes MI',
     "ants-syncc": 'ants.registration(type_of_transform="SyN", syn_metric="CC", syn_sampling=2)  # CC radius 2, not SyNCC',
 }
@@ -117,13 +119,29 @@ def ants_rigid(fixed: np.ndarray, fixed_grid: ImageGrid, moving: np.ndarray, mov
     Args:
         metric: ``"meansquares"`` (single-modal) or ``"mattes"`` (Mattes mutual information).
     """
+    return _ants_linear("Rigid", fixed, fixed_grid, moving, moving_grid, metric=metric, seed=seed)
+
+
+def ants_affine(fixed: np.ndarray, fixed_grid: ImageGrid, moving: np.ndarray, moving_grid: ImageGrid, *,
+                metric: str = "mattes", seed: int = 0) -> torch.Tensor:
+    """ANTs affine registration (``type_of_transform="Affine"``, antspyx defaults: with Mattes MI, the linear
+    part of its SyN); returns ``matrix_mm`` (fixed LPS mm -> moving LPS mm), float64.
+
+    Args:
+        metric: ``"mattes"`` or ``"meansquares"``.
+    """
+    return _ants_linear("Affine", fixed, fixed_grid, moving, moving_grid, metric=metric, seed=seed)
+
+
+def _ants_linear(kind: str, fixed, fixed_grid: ImageGrid, moving, moving_grid: ImageGrid, *, metric: str,
+                 seed: int) -> torch.Tensor:
     if metric not in ("meansquares", "mattes"):
-        raise ValueError(f"ants_rigid(): 'metric' must be 'meansquares' or 'mattes', got {metric!r}")
+        raise ValueError(f"ants_{kind.lower()}(): 'metric' must be 'meansquares' or 'mattes', got {metric!r}")
     ants = _import_ants()
     _ants_seed(seed)
     with tempfile.TemporaryDirectory(prefix="bench_ants_") as tmp:
         out = ants.registration(_ants_image(fixed, fixed_grid), _ants_image(moving, moving_grid),
-                                type_of_transform="Rigid", aff_metric=metric, outprefix=os.path.join(tmp, "r_"))
+                                type_of_transform=kind, aff_metric=metric, outprefix=os.path.join(tmp, "r_"))
         return _ants_linear_matrix(out["fwdtransforms"][-1], fixed_grid.ndim)
 
 

@@ -24,7 +24,8 @@ from . import baselines, peers
 __all__ = ["MethodOutput", "RIGID_METHODS", "DEFORMABLE_METHODS", "run_method", "method_label", "PeakRSS"]
 
 RIGID_METHODS = ("identity", "ours-rigid", "ours-near-rigid", "paper-rigid", "ants", "elastix")
-DEFORMABLE_METHODS = ("identity", "ours", "paper-deformable", "ants-syn", "ants-syncc", "convexadam", "fireants")
+DEFORMABLE_METHODS = ("identity", "ours", "paper-deformable", "ants-syn", "ants-syncc", "convexadam", "fireants",
+                      "ours-affine", "ants-affine")  # the last two: single-modal, linear (the label suites)
 
 
 @dataclass
@@ -95,6 +96,8 @@ def method_label(name: str, *, multimodal: bool) -> str:
         "paper-deformable": "the paper as published (preset paper-deformable)",
         "elastix": "elastix rigid MI, 3 starts",
         "ours": "ours",
+        "ours-affine": "ours, affine (preset affine)",
+        "ants-affine": "ANTs affine (Mattes MI)",
         "ants-syn": "ANTs SyN (Mattes MI)",
         "ants-syncc": "ANTs SyN (CC, syn_sampling=2)",
         "convexadam": "ConvexAdam (MIND-SSC, defaults)",
@@ -149,7 +152,8 @@ def run_method(name: str, fixed: np.ndarray, fixed_grid: ImageGrid, moving: np.n
     Args:
         name: a rigid method (``identity``, ``ours-rigid``, ``ours-near-rigid``, ``paper-rigid``,
             ``ants``, ``elastix``) or a deformable one (``identity``, ``ours``, ``paper-deformable``,
-            ``ants-syn``, ``ants-syncc``, ``convexadam``, ``fireants``).
+            ``ants-syn``, ``ants-syncc``, ``convexadam``, ``fireants``; single-modal and linear:
+            ``ours-affine``, ``ants-affine``).
         fixed, moving: ``(*S_fixed)`` / ``(*S_moving)`` float arrays on ``fixed_grid`` / ``moving_grid``.
         multimodal: picks our preset (``multimodal-*``), ANTs' rigid metric (Mattes MI vs MeanSquares)
             and FireANTs' (MI vs CC).
@@ -172,6 +176,14 @@ def run_method(name: str, fixed: np.ndarray, fixed_grid: ImageGrid, moving: np.n
         elif name in ("paper-rigid", "paper-deformable"):
             out = _ours(fixed, fixed_grid, moving, moving_grid, preset=("multimodal-" if multimodal else "") + name,
                         seed=seed, iterations_scale=iterations_scale, overrides={})
+        elif name == "ours-affine":
+            if multimodal:
+                raise ValueError("run_method(): 'ours-affine' runs the single-modal preset affine; this pair is multi-modal")
+            out = _ours(fixed, fixed_grid, moving, moving_grid, preset="affine", seed=seed,
+                        iterations_scale=iterations_scale, overrides={})
+        elif name == "ants-affine":
+            out = MethodOutput(matrix_mm=baselines.ants_affine(fixed, fixed_grid, moving, moving_grid, seed=seed),
+                               info={"settings": baselines.ANTS_SETTINGS["ants-affine"]})
         elif name == "ours":
             preset = "multimodal-deformable" if multimodal else "deformable"
             out = _ours(fixed, fixed_grid, moving, moving_grid, preset=preset, seed=seed,
@@ -203,7 +215,7 @@ def run_method(name: str, fixed: np.ndarray, fixed_grid: ImageGrid, moving: np.n
 
 def method_available(name: str) -> tuple[bool, str]:
     """Whether ``name`` can run here, and why not."""
-    if name in ("ants", "ants-syn", "ants-syncc") and not baselines.ants_available():
+    if name in ("ants", "ants-syn", "ants-syncc", "ants-affine") and not baselines.ants_available():
         return False, "antspyx is not installed (pip install 'monai-inr-reg[bench]')"
     if name == "convexadam" and not peers.convexadam_available():
         return False, "convexadam is not installed (pip install 'monai-inr-reg[bench]')"

@@ -86,6 +86,8 @@ def _methods(suite: str, opts: SuiteOptions, *, multimodal: bool | None = None) 
         raise ValueError(f"bench {suite}: '--methods' {bad} not available for this suite; choose from {list(allowed)}")
     if multimodal and "ants-syncc" in names:  # CC is a single-modal metric
         names.remove("ants-syncc")
+    if multimodal and "ours-affine" in names:
+        raise ValueError(f"bench {suite}: '--methods' ours-affine runs the single-modal preset affine; this suite is multi-modal")
     return names
 
 
@@ -419,7 +421,8 @@ def run_brain3d(opts: SuiteOptions) -> dict:
               "(about 148; subject k + 1 -> subject k, each on its native 2 mm grid); HD95: mean over labels present "
               "in both (mm); folding % over the whole fixed grid; peak MiB = resident memory increase during the call",
               f"ANTs SyN (MI): {ANTS_SETTINGS['ants-syn']}", f"ANTs SyN (CC): {ANTS_SETTINGS['ants-syncc']}",
-              "ours: preset deformable"] + _peer_notes(names)
+              f"ANTs affine: {ANTS_SETTINGS['ants-affine']}", "ours: preset deformable; ours-affine: preset affine"]
+    notes += _peer_notes(names)
     if opts.downsample > 1:
         notes.append(f"grids downsampled by {opts.downsample} (quick run, not comparable to full-resolution numbers)")
     return {"suite": "brain3d", "notes": notes, "cases": records, "tables": "\n\n".join(tables)}
