@@ -290,10 +290,11 @@ def aseg_pairs(data_dir, *, downsample: int = 1) -> list[LabelledPair]:
             for f, m in ((a, b), (b, a))]
 
 
-def dlmuse_pairs(data_dir, *, cases: int | None = None) -> list[LabelledPair]:
+def dlmuse_pairs(data_dir, *, cases: int | None = None, downsample: int = 1) -> list[LabelledPair]:
     """IXI T1 heads of different subjects (with skull, 2 mm, 120 x 120 x 90, each on its native grid)
     with their DLMUSE parcellations: subject ``k + 1`` (moving) -> subject ``k`` (fixed) in name order,
-    ``k = 0 .. 8`` (the first ``cases``), scored over every parcellation label (about 148)."""
+    ``k = 0 .. 8`` (the first ``cases``), scored over every parcellation label (about 148).
+    ``downsample`` > 1: as :func:`aseg_pairs`, on each image's own grid."""
     folder = resolve_data_dir(data_dir) / _DLMUSE
     names = sorted(p.name[: -len("_T1.nii.gz")] for p in (folder / "T1").glob("*_T1.nii.gz"))
     if len(names) < 2:
@@ -304,6 +305,9 @@ def dlmuse_pairs(data_dir, *, cases: int | None = None) -> list[LabelledPair]:
         labels, label_grid = load_volume(folder / "DLMUSE" / f"{name}_T1_DLMUSE.nii.gz")
         if labels.shape != image.shape or not torch.allclose(label_grid.mm_from_voxel, grid.mm_from_voxel):
             raise ValueError(f"{name}: its DLMUSE parcellation is not on its T1's grid")
+        if downsample > 1:
+            small = _downsample_grid(grid, downsample)
+            image, labels, grid = resample(image, grid, small), resample(labels, grid, small, mode="nearest"), small
         return name, image, grid, np.rint(labels)[None].astype(np.float32)
 
     pairs = []

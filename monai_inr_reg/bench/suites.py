@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import sys
 import traceback
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -409,9 +409,8 @@ def run_brain3d(opts: SuiteOptions) -> dict:
         groups.append(("aseg T1 inter-subject", bdata.aseg_pairs(opts.data_dir, downsample=opts.downsample)[
             :min(opts.cases or DEFAULT_CASES["brain3d"], 2)]))
     if _want(opts, "dlmuse"):
-        groups.append(("IXI T1 heads inter-subject (DLMUSE)", [
-            _downsampled_labelled_pair(p, opts.downsample)
-            for p in bdata.dlmuse_pairs(opts.data_dir, cases=opts.cases or _DLMUSE_CASES)]))
+        groups.append(("IXI T1 heads inter-subject (DLMUSE)",
+                       bdata.dlmuse_pairs(opts.data_dir, cases=opts.cases or _DLMUSE_CASES, downsample=opts.downsample)))
     for group, pairs in groups:
         opts.say(f"[brain3d] {group}: {len(pairs)} pair(s), grid {pairs[0].fixed_grid.shape}")
         for i, pair in enumerate(pairs):
@@ -421,23 +420,13 @@ def run_brain3d(opts: SuiteOptions) -> dict:
               "(about 148; subject k + 1 -> subject k, each on its native 2 mm grid); HD95: mean over labels present "
               "in both (mm); folding % over the whole fixed grid; peak MiB = resident memory increase during the call",
               f"ANTs SyN (MI): {ANTS_SETTINGS['ants-syn']}", f"ANTs SyN (CC): {ANTS_SETTINGS['ants-syncc']}",
-              f"ANTs affine: {ANTS_SETTINGS['ants-affine']}", "ours: preset deformable; ours-affine: preset affine"]
+              "ours: preset deformable"]
+    if "ours-affine" in names or "ants-affine" in names:
+        notes += [f"ANTs affine: {ANTS_SETTINGS['ants-affine']}", "ours-affine: preset affine"]
     notes += _peer_notes(names)
     if opts.downsample > 1:
         notes.append(f"grids downsampled by {opts.downsample} (quick run, not comparable to full-resolution numbers)")
     return {"suite": "brain3d", "notes": notes, "cases": records, "tables": "\n\n".join(tables)}
-
-
-def _downsampled_labelled_pair(pair: bdata.LabelledPair, factor: int) -> bdata.LabelledPair:
-    if factor <= 1:
-        return pair
-    fixed_grid, moving_grid = pair.fixed_grid.downsampled(factor), pair.moving_grid.downsampled(factor)
-    return replace(
-        pair, fixed=bdata.resample(pair.fixed, pair.fixed_grid, fixed_grid),
-        moving=bdata.resample(pair.moving, pair.moving_grid, moving_grid),
-        fixed_labels=bdata.resample(pair.fixed_labels[0], pair.fixed_grid, fixed_grid, mode="nearest")[None],
-        moving_labels=bdata.resample(pair.moving_labels[0], pair.moving_grid, moving_grid, mode="nearest")[None],
-        fixed_grid=fixed_grid, moving_grid=moving_grid)
 
 
 # ----------------------------------------------------------------------------------------- multimodal3d
